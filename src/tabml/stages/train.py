@@ -1,0 +1,65 @@
+"""train: fit LightGBM on the encoded training split, early-stopping on the validation split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import lightgbm as lgb
+
+from tabml.atomic import write_text_atomic
+from tabml.columnar import read_columns
+from tabml.config import load_params
+from tabml.features import TARGET
+from tabml.model import booster_params, save_booster, train_booster
+from tabml.model_metadata import ModelMetadata
+from tabml.stages._runner import run_stage
+
+
+def _matrix(path: Path, feature_names: list[str]):
+    import numpy as np
+
+    columns = read_columns(path)
+    return np.column_stack([columns[f] for f in feature_names]), columns[TARGET]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--features", type=Path, required=True)
+    parser.add_argument("--transform", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--metadata", type=Path, required=True)
+    parser.add_argument("--curves", type=Path, required=True)
+    args = parser.parse_args()
+
+    params = load_params()
+    state = json.loads(args.transform.read_text())
+    names, categorical = state["feature_names"], sorted(state["categories"])
+    x_train, y_train = _matrix(args.features / "train.parquet", names)
+    x_valid, y_valid = _matrix(args.features / "valid.parquet", names)
+    lgb_params = booster_params(params.model.model_dump(), params.seed, params.train.num_threads)
+    result = train_booster(
+        x_train, y_train, x_valid, y_valid, feature_names=names, categorical_features=categorical,
+        params=lgb_params, num_boost_round=params.train.num_boost_round,
+        early_stopping_rounds=params.train.early_stopping_rounds)
+
+    save_booster(result.booster, args.model, result.best_iteration)
+    ModelMetadata(
+        dataset=params.dataset.name, feature_names=names, categorical_features=categorical,
+        best_iteration=result.best_iteration, threshold=params.decision.threshold,
+        lightgbm_version=lgb.__version__, params=lgb_params,
+    ).save(args.metadata)
+    curve = [
+        {"iteration": i + 1, **{f"{split}_{metric}": round(values[i], 6)
+                                for split, metrics in sorted(result.curves.items())
+                                for metric, values in sorted(metrics.items())}}
+        for i in range(len(result.curves["valid"]["auc"]))
+    ]
+    write_text_atomic(args.curves, json.dumps(curve, indent=1) + "\n")
+    print(f"best iteration {result.best_iteration} of {len(curve)}, "
+          f"valid AUC {result.curves['valid']['auc'][result.best_iteration - 1]:.5f}")
+
+
+if __name__ == "__main__":
+    run_stage("train", main)

@@ -1,0 +1,67 @@
+"""Enforce the data contract on a raw frame with pandera and report violations readably.
+
+Every rule violation is collected (lazy validation) and summarised per column and rule with
+example lines, so one run shows everything wrong with a file.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
+
+from tabml.contract import ColumnSpec, DataContract
+
+_DTYPES = {"int": "int64", "float": "float64", "category": "str"}
+MAX_EXAMPLES = 5
+
+
+class DataContractError(ValueError):
+    """Raw data breaks the contract; the message names column, rule and example lines."""
+
+
+def _column_schema(spec: ColumnSpec) -> pa.Column:
+    checks = []
+    if spec.categories is not None:
+        checks.append(pa.Check.isin(spec.categories, name=f"allowed categories of {spec.name}"))
+    if spec.min is not None or spec.max is not None:
+        low = float("-inf") if spec.min is None else spec.min
+        high = float("inf") if spec.max is None else spec.max
+        checks.append(pa.Check.in_range(low, high, name=f"range [{spec.min}, {spec.max}]"))
+    return pa.Column(_DTYPES[spec.type], checks=checks, nullable=spec.nullable, coerce=True)
+
+
+def build_schema(contract: DataContract) -> pa.DataFrameSchema:
+    columns = {spec.name: _column_schema(spec) for spec in contract.columns}
+    label = contract.label
+    columns[label.column] = pa.Column(
+        "str", checks=pa.Check.isin([label.negative, label.positive], name="label values"),
+        nullable=False)
+    return pa.DataFrameSchema(columns, strict=True, ordered=True, name=contract.name)
+
+
+def _describe(errors: SchemaErrors, source: str) -> str:
+    cases = errors.failure_cases
+    # A value that cannot be coerced also fails the dtype and range checks of its column;
+    # report it once, under the coercion rule that names its line.
+    coerced = set(cases.loc[cases["check"].astype(str).str.startswith("coerce_dtype"), "column"])
+    redundant = cases["column"].isin(coerced) & ~cases["check"].astype(str).str.startswith(
+        "coerce_dtype")
+    cases = cases[~redundant]
+    lines = [f"{source}: {len(cases)} contract violation(s)"]
+    for (column, check), group in cases.groupby(["column", "check"], sort=True, dropna=False):
+        examples = ", ".join(
+            f"line {int(idx)}: {val!r}" if pd.notna(idx) else repr(val)
+            for idx, val in zip(group["index"].head(MAX_EXAMPLES),
+                                group["failure_case"].head(MAX_EXAMPLES), strict=True)
+        )
+        lines.append(f"  column {column!r} rule {check!r}: {len(group)} row(s), e.g. {examples}")
+    return "\n".join(lines)
+
+
+def validate_raw(frame: pd.DataFrame, contract: DataContract, source: str) -> pd.DataFrame:
+    """Return the frame with contract dtypes, or raise DataContractError describing every problem."""
+    try:
+        return build_schema(contract).validate(frame, lazy=True)
+    except SchemaErrors as exc:
+        raise DataContractError(_describe(exc, source)) from None
