@@ -27,8 +27,8 @@ def main(argv: list[str], usage: str | None = None) -> int:
     from tabml import pipeline
 
     try:
-        params, text = pipeline.compose(args.overrides)
-        if pipeline.write_params(text):
+        params, changed = pipeline.compose_params(args.overrides)
+        if changed:
             print("params.yaml updated")
         source = pipeline.ensure_data(params)
         if source != "workspace":

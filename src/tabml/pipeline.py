@@ -7,6 +7,7 @@ writing exactly what DVC's own Hydra integration writes, so both paths produce t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from tabml.atomic import write_text_atomic
-from tabml.config import PARAMS_FILE, Params, parse_params
-from tabml.data import DataIntegrityError, dir_md5, fetch_pinned, pinned_dir_md5
+from tabml.config import PARAMS_FILE, Params, load_params, parse_params
+from tabml.data import DataIntegrityError, dir_md5, fetch_pinned, file_md5, pinned_dir_md5
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ CONFIG_NAME = "config"
 DATA_DIR = Path("data")
 DATA_DVC = Path("data.dvc")
 METRICS_FILE = Path("reports/metrics.json")
+COMPOSE_STAMP = Path(".dvc/tmp/tabml-compose.json")
 
 
 def compose(overrides: list[str], conf_dir: Path = CONF_DIR) -> tuple[Params, str]:
@@ -54,6 +56,32 @@ def write_params(text: str, path: Path = PARAMS_FILE) -> bool:
         return False
     write_text_atomic(path, text)
     return True
+
+
+def _compose_key(overrides: list[str], conf_dir: Path) -> str:
+    digest = hashlib.md5(json.dumps(overrides).encode())
+    for path in sorted(p for p in conf_dir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(conf_dir).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def compose_params(overrides: list[str], conf_dir: Path = CONF_DIR,
+                   path: Path = PARAMS_FILE) -> tuple[Params, bool]:
+    """Compose into params.yaml and return (params, whether the file changed).
+
+    Hydra costs about half a second to import, so when neither conf/ nor the overrides nor
+    params.yaml changed since the last composition (a stamp records their hashes), the file is
+    only re-read and re-validated.
+    """
+    key = _compose_key(overrides, conf_dir)
+    if COMPOSE_STAMP.exists() and path.exists():
+        stamp = json.loads(COMPOSE_STAMP.read_text())
+        if stamp == {"key": key, "params_md5": file_md5(path)}:
+            return load_params(path), False
+    params, text = compose(overrides, conf_dir)
+    changed = write_params(text, path)
+    write_text_atomic(COMPOSE_STAMP, json.dumps({"key": key, "params_md5": file_md5(path)}))
+    return params, changed
 
 
 def ensure_data(params: Params, data_dir: Path = DATA_DIR, dvc_file: Path = DATA_DVC) -> str:
