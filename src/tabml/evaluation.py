@@ -41,8 +41,10 @@ def roc_points(y_true: np.ndarray, proba: np.ndarray) -> list[dict[str, float]]:
 
 def precision_recall_points(y_true: np.ndarray, proba: np.ndarray) -> list[dict[str, float]]:
     precision, recall, _ = metrics.precision_recall_curve(y_true, proba)
-    return [{"recall": r, "precision": p}
-            for r, p in zip(_round(recall), _round(precision), strict=True)]
+    return [
+        {"recall": r, "precision": p}
+        for r, p in zip(_round(recall), _round(precision), strict=True)
+    ]
 
 
 def confusion_rows(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> list[dict[str, int]]:
@@ -54,5 +56,7 @@ def calibration_points(y_true: np.ndarray, proba: np.ndarray, bins: int) -> list
     from sklearn.calibration import calibration_curve
 
     fraction, mean_predicted = calibration_curve(y_true, proba, n_bins=bins)
-    return [{"mean_predicted": m, "fraction_positive": f}
-            for m, f in zip(_round(mean_predicted), _round(fraction), strict=True)]
+    return [
+        {"mean_predicted": m, "fraction_positive": f}
+        for m, f in zip(_round(mean_predicted), _round(fraction), strict=True)
+    ]

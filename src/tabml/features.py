@@ -31,7 +31,9 @@ def _capital_net(cols: Mapping[str, np.ndarray]) -> np.ndarray:
     return cols["capital_gain"] - cols["capital_loss"]
 
 
-DERIVED_FEATURES: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, np.ndarray]], np.ndarray]]]
+DERIVED_FEATURES: dict[
+    str, tuple[tuple[str, ...], Callable[[Mapping[str, np.ndarray]], np.ndarray]]
+]
 DERIVED_FEATURES = {
     # name: (numeric inputs, function of those columns)
     "capital_net": (("capital_gain", "capital_loss"), _capital_net),
@@ -44,8 +46,9 @@ class FeatureTransform:
     def __init__(self, contract: DataContract, derived: Sequence[str] = ()) -> None:
         unknown = sorted(set(derived) - set(DERIVED_FEATURES))
         if unknown:
-            raise ValueError(f"unknown derived feature(s) {unknown}; "
-                             f"known: {sorted(DERIVED_FEATURES)}")
+            raise ValueError(
+                f"unknown derived feature(s) {unknown}; known: {sorted(DERIVED_FEATURES)}"
+            )
         self.contract = contract
         self.derived = list(derived)
 
@@ -53,14 +56,17 @@ class FeatureTransform:
         """Learn the category levels seen in training, sorted for a stable code assignment."""
         self.categories_ = {
             spec.name: sorted({v for v in columns[spec.name] if isinstance(v, str)})
-            for spec in self.contract.columns if spec.type == "category"
+            for spec in self.contract.columns
+            if spec.type == "category"
         }
         self._index_categories()
         return self
 
     def _index_categories(self) -> None:
-        self._codes = {name: {level: float(i) for i, level in enumerate(levels)}
-                       for name, levels in self.categories_.items()}
+        self._codes = {
+            name: {level: float(i) for i, level in enumerate(levels)}
+            for name, levels in self.categories_.items()
+        }
 
     @property
     def feature_names_(self) -> list[str]:
@@ -77,8 +83,9 @@ class FeatureTransform:
             values = columns[spec.name]
             if spec.type == "category":
                 codes = self._codes[spec.name]
-                out[spec.name] = np.fromiter((codes.get(v, math.nan) for v in values),
-                                             dtype=np.float64, count=len(values))
+                out[spec.name] = np.fromiter(
+                    (codes.get(v, math.nan) for v in values), dtype=np.float64, count=len(values)
+                )
             else:
                 out[spec.name] = np.asarray(values, dtype=np.float64)
         for name in self.derived:
@@ -87,8 +94,11 @@ class FeatureTransform:
         return np.column_stack([out[name] for name in self.feature_names_])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"derived": self.derived, "categories": self.categories_,
-                "feature_names": self.feature_names_}
+        return {
+            "derived": self.derived,
+            "categories": self.categories_,
+            "feature_names": self.feature_names_,
+        }
 
     def save(self, path: Path) -> None:
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -100,6 +110,8 @@ class FeatureTransform:
         transform.categories_ = state["categories"]
         transform._index_categories()
         if transform.feature_names_ != state["feature_names"]:
-            raise ValueError(f"{path}: feature names {state['feature_names']} do not match the "
-                             f"contract's {transform.feature_names_}")
+            raise ValueError(
+                f"{path}: feature names {state['feature_names']} do not match the "
+                f"contract's {transform.feature_names_}"
+            )
         return transform

@@ -11,14 +11,14 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import lightgbm as lgb  # noqa: E402
-import numpy as np  # noqa: E402
+import lightgbm as lgb
+import numpy as np
 
-from tabml.atomic import atomic_path  # noqa: E402
+from tabml.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,37 @@ def booster_params(model_params: dict[str, Any], seed: int, num_threads: int) ->
 
 
 def train_booster(
-    x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray, *,
-    feature_names: list[str], categorical_features: list[str], params: dict[str, Any],
-    num_boost_round: int, early_stopping_rounds: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_valid: np.ndarray,
+    y_valid: np.ndarray,
+    *,
+    feature_names: list[str],
+    categorical_features: list[str],
+    params: dict[str, Any],
+    num_boost_round: int,
+    early_stopping_rounds: int,
 ) -> TrainingResult:
     """Fit with early stopping on the validation split, recording per-iteration metrics."""
-    train_set = lgb.Dataset(x_train, y_train, feature_name=feature_names,
-                            categorical_feature=categorical_features, free_raw_data=False)
+    train_set = lgb.Dataset(
+        x_train,
+        y_train,
+        feature_name=feature_names,
+        categorical_feature=categorical_features,
+        free_raw_data=False,
+    )
     valid_set = train_set.create_valid(x_valid, y_valid)
     curves: dict[str, dict[str, list[float]]] = {}
     booster = lgb.train(
-        params, train_set, num_boost_round=num_boost_round,
-        valid_sets=[train_set, valid_set], valid_names=["train", "valid"],
-        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False),
-                   lgb.record_evaluation(curves)],
+        params,
+        train_set,
+        num_boost_round=num_boost_round,
+        valid_sets=[train_set, valid_set],
+        valid_names=["train", "valid"],
+        callbacks=[
+            lgb.early_stopping(early_stopping_rounds, verbose=False),
+            lgb.record_evaluation(curves),
+        ],
     )
     return TrainingResult(booster, booster.best_iteration, curves)
 
@@ -76,7 +93,9 @@ def load_booster(path: Path) -> lgb.Booster:
     try:
         return lgb.Booster(model_file=str(path))
     except lgb.basic.LightGBMError as exc:
-        raise ModelFileError(f"model file {path} is corrupt or not a LightGBM model: {exc}") from None
+        raise ModelFileError(
+            f"model file {path} is corrupt or not a LightGBM model: {exc}"
+        ) from None
 
 
 def predict_proba(booster: lgb.Booster, features: np.ndarray) -> np.ndarray:

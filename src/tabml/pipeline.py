@@ -51,7 +51,7 @@ def compose(overrides: list[str], conf_dir: Path = CONF_DIR) -> tuple[Params, st
 
 
 def write_params(text: str, path: Path = PARAMS_FILE) -> bool:
-    """Write params.yaml only when its content changes (an unchanged file keeps DVC's no-op fast)."""
+    """Write params.yaml only when its content changes (keeps DVC's no-op fast)."""
     if path.exists() and path.read_text() == text:
         return False
     write_text_atomic(path, text)
@@ -65,8 +65,9 @@ def _compose_key(overrides: list[str], conf_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def compose_params(overrides: list[str], conf_dir: Path = CONF_DIR,
-                   path: Path = PARAMS_FILE) -> tuple[Params, bool]:
+def compose_params(
+    overrides: list[str], conf_dir: Path = CONF_DIR, path: Path = PARAMS_FILE
+) -> tuple[Params, bool]:
     """Compose into params.yaml and return (params, whether the file changed).
 
     Hydra costs about half a second to import, so when neither conf/ nor the overrides nor
@@ -93,14 +94,16 @@ def ensure_data(params: Params, data_dir: Path = DATA_DIR, dvc_file: Path = DATA
         actual = dir_md5(data_dir)
         if actual != expected:
             raise DataIntegrityError(
-                f"data/ obtained by {source} has md5 {actual}, but {dvc_file} pins {expected}")
+                f"data/ obtained by {source} has md5 {actual}, but {dvc_file} pins {expected}"
+            )
         return source
     actual = dir_md5(data_dir)
     if actual != expected:
         raise DataIntegrityError(
             f"data/ has md5 {actual}, but {dvc_file} pins {expected}. To train on the new data, "
             f"record it as a new data version with `dvc add {data_dir}`; to discard the change, "
-            f"run `dvc checkout {dvc_file}`.")
+            f"run `dvc checkout {dvc_file}`."
+        )
     return "workspace"
 
 

@@ -35,8 +35,10 @@ def build_schema(contract: DataContract) -> pa.DataFrameSchema:
     columns = {spec.name: _column_schema(spec) for spec in contract.columns}
     label = contract.label
     columns[label.column] = pa.Column(
-        "str", checks=pa.Check.isin([label.negative, label.positive], name="label values"),
-        nullable=False)
+        "str",
+        checks=pa.Check.isin([label.negative, label.positive], name="label values"),
+        nullable=False,
+    )
     return pa.DataFrameSchema(columns, strict=True, ordered=True, name=contract.name)
 
 
@@ -46,21 +48,25 @@ def _describe(errors: SchemaErrors, source: str) -> str:
     # report it once, under the coercion rule that names its line.
     coerced = set(cases.loc[cases["check"].astype(str).str.startswith("coerce_dtype"), "column"])
     redundant = cases["column"].isin(coerced) & ~cases["check"].astype(str).str.startswith(
-        "coerce_dtype")
+        "coerce_dtype"
+    )
     cases = cases[~redundant]
     lines = [f"{source}: {len(cases)} contract violation(s)"]
     for (column, check), group in cases.groupby(["column", "check"], sort=True, dropna=False):
         examples = ", ".join(
             f"line {int(idx)}: {val!r}" if pd.notna(idx) else repr(val)
-            for idx, val in zip(group["index"].head(MAX_EXAMPLES),
-                                group["failure_case"].head(MAX_EXAMPLES), strict=True)
+            for idx, val in zip(
+                group["index"].head(MAX_EXAMPLES),
+                group["failure_case"].head(MAX_EXAMPLES),
+                strict=True,
+            )
         )
         lines.append(f"  column {column!r} rule {check!r}: {len(group)} row(s), e.g. {examples}")
     return "\n".join(lines)
 
 
 def validate_raw(frame: pd.DataFrame, contract: DataContract, source: str) -> pd.DataFrame:
-    """Return the frame with contract dtypes, or raise DataContractError describing every problem."""
+    """Return the frame with contract dtypes, or raise DataContractError listing every problem."""
     try:
         return build_schema(contract).validate(frame, lazy=True)
     except SchemaErrors as exc:

@@ -9,7 +9,12 @@ from tabml.config import ConfigError
 from tabml.data import DataIntegrityError, FieldCountError
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, DataIntegrityError, FieldCountError, FileNotFoundError, ValueError)
+    ConfigError,
+    DataIntegrityError,
+    FieldCountError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:

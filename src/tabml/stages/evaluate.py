@@ -41,16 +41,20 @@ def main() -> None:
 
     scores = evaluation.rounded(
         evaluation.classification_metrics(y_test, proba, meta.threshold)
-        | {"best_iteration": meta.best_iteration})
+        | {"best_iteration": meta.best_iteration}
+    )
     gain = booster.feature_importance(importance_type="gain")
     plots = {
         "roc": evaluation.roc_points(y_test, proba),
         "precision_recall": evaluation.precision_recall_points(y_test, proba),
         "confusion": evaluation.confusion_rows(y_test, proba, meta.threshold),
         "calibration": evaluation.calibration_points(
-            y_test, proba, params.evaluate.calibration_bins),
-        "feature_importance": [{"feature": f, "gain": round(float(g), 3)}
-                               for f, g in zip(meta.feature_names, gain, strict=True)],
+            y_test, proba, params.evaluate.calibration_bins
+        ),
+        "feature_importance": [
+            {"feature": f, "gain": round(float(g), 3)}
+            for f, g in zip(meta.feature_names, gain, strict=True)
+        ],
     }
     for name, rows in plots.items():
         _dump(args.plots / f"{name}.json", rows)

@@ -11,7 +11,6 @@ from tabml.contract import DataContract
 from tabml.features import TARGET, FeatureTransform
 from tabml.stages._runner import run_stage
 
-
 SPLITS = ("train", "valid", "test")
 
 
@@ -32,7 +31,9 @@ def main() -> None:
         encoded = {feature: matrix[:, i] for i, feature in enumerate(transform.feature_names_)}
         write_columns(args.out / f"{name}.parquet", {**encoded, TARGET: columns[TARGET]})
     transform.save(args.transform)
-    print(f"{len(transform.feature_names_)} features, categorical: {transform.categorical_features_}")
+    print(
+        f"{len(transform.feature_names_)} features, categorical: {transform.categorical_features_}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ from tabml.stages._runner import run_stage
 from tabml.validation import validate_raw
 
 
-
-
 def stratified_split(labels: np.ndarray, valid_fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of validation rows: the same fraction of each class, chosen by a seeded RNG.
 
@@ -59,7 +57,9 @@ def main() -> None:
         "test": load_split(args.data / files["test"].name, files["test"].skip_rows, params),
     }
     for name, frame in splits.items():
-        write_with(args.out / f"{name}.parquet", lambda tmp, f=frame: f.to_parquet(tmp, index=False))
+        write_with(
+            args.out / f"{name}.parquet", lambda tmp, f=frame: f.to_parquet(tmp, index=False)
+        )
         print(f"{name}: {len(frame)} rows, positive rate {frame[TARGET].mean():.4f}")
 
 

@@ -40,25 +40,43 @@ def main() -> None:
     x_valid, y_valid = _matrix(args.features / "valid.parquet", names)
     lgb_params = booster_params(params.model.model_dump(), params.seed, params.train.num_threads)
     result = train_booster(
-        x_train, y_train, x_valid, y_valid, feature_names=names, categorical_features=categorical,
-        params=lgb_params, num_boost_round=params.train.num_boost_round,
-        early_stopping_rounds=params.train.early_stopping_rounds)
+        x_train,
+        y_train,
+        x_valid,
+        y_valid,
+        feature_names=names,
+        categorical_features=categorical,
+        params=lgb_params,
+        num_boost_round=params.train.num_boost_round,
+        early_stopping_rounds=params.train.early_stopping_rounds,
+    )
 
     save_booster(result.booster, args.model, result.best_iteration)
     ModelMetadata(
-        dataset=params.dataset.name, feature_names=names, categorical_features=categorical,
-        best_iteration=result.best_iteration, threshold=params.decision.threshold,
-        lightgbm_version=lgb.__version__, params=lgb_params,
+        dataset=params.dataset.name,
+        feature_names=names,
+        categorical_features=categorical,
+        best_iteration=result.best_iteration,
+        threshold=params.decision.threshold,
+        lightgbm_version=lgb.__version__,
+        params=lgb_params,
     ).save(args.metadata)
     curve = [
-        {"iteration": i + 1, **{f"{split}_{metric}": round(values[i], 6)
-                                for split, metrics in sorted(result.curves.items())
-                                for metric, values in sorted(metrics.items())}}
+        {
+            "iteration": i + 1,
+            **{
+                f"{split}_{metric}": round(values[i], 6)
+                for split, metrics in sorted(result.curves.items())
+                for metric, values in sorted(metrics.items())
+            },
+        }
         for i in range(len(result.curves["valid"]["auc"]))
     ]
     write_text_atomic(args.curves, json.dumps(curve, indent=1) + "\n")
-    print(f"best iteration {result.best_iteration} of {len(curve)}, "
-          f"valid AUC {result.curves['valid']['auc'][result.best_iteration - 1]:.5f}")
+    print(
+        f"best iteration {result.best_iteration} of {len(curve)}, "
+        f"valid AUC {result.curves['valid']['auc'][result.best_iteration - 1]:.5f}"
+    )
 
 
 if __name__ == "__main__":
