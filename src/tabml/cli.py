@@ -24,12 +24,27 @@ def build_parser(usage: str | None) -> argparse.ArgumentParser:
         action="store_true",
         help="rerun every stage even if nothing changed (dvc repro --force)",
     )
+    parser.add_argument(
+        "--no-push",
+        action="store_true",
+        help="do not push data, outputs and run cache to the default DVC remote after a run",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="audit: rebuild the current commit in a clean clone and compare every output "
+        "md5 with dvc.lock (non-zero exit on any difference)",
+    )
     return parser
 
 
 def main(argv: list[str], usage: str | None = None) -> int:
     args = build_parser(usage).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.verify:
+        from tabml.audit import run_audit
+
+        return run_audit()
     from tabml import pipeline
 
     try:
@@ -47,4 +62,6 @@ def main(argv: list[str], usage: str | None = None) -> int:
         print(f"error: {exc}; outputs of earlier runs are unchanged", file=sys.stderr)
         return 1
     pipeline.print_summary(result)
+    if not args.no_push and (result.stages_run or source != "workspace"):
+        print(pipeline.push())
     return 0

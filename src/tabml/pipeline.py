@@ -154,6 +154,26 @@ def reproduce(force: bool = False) -> ReproResult:
     return result
 
 
+def push() -> str:
+    """Push data, outputs and the run cache to the default remote, so other clones can pull.
+
+    The run cache alone records commands and hashes, not the outputs, so both are pushed.
+    A missing or unreachable remote is reported, not fatal: the local results stand.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    with Repo() as repo:
+        remote = repo.config["core"].get("remote")
+        if not remote:
+            return "push skipped: no default DVC remote configured"
+        try:
+            pushed = repo.push(run_cache=True)
+        except DvcException as exc:
+            return f"warning: push to DVC remote '{remote}' failed: {exc}"
+    return f"pushed {pushed} file(s) to DVC remote '{remote}'"
+
+
 def print_summary(result: ReproResult, out=sys.stdout) -> None:
     if result.stages_run:
         print(f"stages run: {', '.join(result.stages_run)}", file=out)
