@@ -76,9 +76,14 @@ def clone_repo(dest: Path, with_data: bool = True) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A temp clone on which the full pipeline has run once (shared, treat as read-mostly)."""
-    repo = clone_repo(tmp_path_factory.mktemp("trained") / "repo")
-    train(repo)
+    """A fresh clone without data/ on which `python src/train.py` has run once.
+
+    The first run fetches the pinned data and pushes to the clone's own test remote; its output
+    is kept in `first_run.log` next to the repo. Shared: tests that change it work on a copy.
+    """
+    repo = clone_repo(tmp_path_factory.mktemp("trained") / "repo", with_data=False)
+    result = train(repo)
+    (repo.parent / "first_run.log").write_text(result.stdout + result.stderr)
     return repo
 
 
