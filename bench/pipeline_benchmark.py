@@ -53,6 +53,8 @@ def stage_commands(repo: Path, names: list[str] | None = None) -> list[list[str]
 def run_bare(commands: list[list[str]]) -> None:
     """Execute each stage module in this process, as a plain function call (no DVC)."""
     for cmd in commands:
+        while "=" in cmd[0]:  # leading environment assignments (PYTHONPATH=src): set in main
+            cmd = cmd[1:]
         assert cmd[:2] == ["python", "-m"], cmd
         sys.argv = [cmd[2], *cmd[3:]]
         runpy.run_module(cmd[2], run_name="__main__")

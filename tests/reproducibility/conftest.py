@@ -29,20 +29,9 @@ def _moto_server_binary() -> Path:
     if binary.exists() and stamp.exists() and stamp.read_text() == lock:
         return binary
     run([sys.executable, "-m", "venv", "--clear", str(MOTO_VENV)], cwd=REPO_ROOT)
-    run(
-        [
-            str(Path(sys.executable).parent / "uv"),
-            "pip",
-            "install",
-            "--quiet",
-            "--python",
-            str(MOTO_VENV / "bin" / "python"),
-            "--require-hashes",
-            "-r",
-            str(REPO_ROOT / "requirements" / "moto.lock"),
-        ],
-        cwd=REPO_ROOT,
-    )
+    pip = [str(MOTO_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    lock_file = REPO_ROOT / "requirements" / "moto.lock"
+    run([*pip, "--disable-pip-version-check", "--require-hashes", "-r", str(lock_file)], REPO_ROOT)
     stamp.write_text(lock)
     return binary
 

@@ -91,7 +91,14 @@ def test_data_versions_can_be_restored_exactly(trained_repo: Path, tmp_path: Pat
 
     run([PYTHON, "-m", "tabml.new_batch", "--rows", "500", "--seed", "3"], cwd=repo)
     result = train(repo, "--no-push")
-    assert stages_run(result.stdout) == ["validate", "prepare", "featurize", "train", "evaluate"]
+    assert stages_run(result.stdout) == [
+        "data.dvc",
+        "validate",
+        "prepare",
+        "featurize",
+        "train",
+        "evaluate",
+    ]
     assert "new data version" in result.stdout
     new_data = dir_md5(repo / "data")
     assert new_data in (repo / "data.dvc").read_text()

@@ -1,7 +1,8 @@
-"""prepare: type the raw files by the contract, encode the label, split train/valid, write parquet.
+"""prepare: encode the label, split train/valid, write parquet.
 
-UCI's own `adult.test` stays the test set (comparable with published results); the training file
-is split into train and validation (for early stopping), stratified by label and seeded.
+Reads the typed tables the validate stage wrote (pyarrow only: no CSV parsing, no pandas). UCI's
+own `adult.test` stays the test set (comparable with published results); the training file is
+split into train and validation (for early stopping), stratified by label and seeded.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tabml.atomic import write_with
 from tabml.config import load_params
-from tabml.data import read_raw
 from tabml.features import TARGET
 from tabml.stages._runner import run_stage
-from tabml.validation import validate_raw
 
 
 def stratified_split(labels: np.ndarray, valid_fraction: float, seed: int) -> np.ndarray:
@@ -33,34 +34,37 @@ def stratified_split(labels: np.ndarray, valid_fraction: float, seed: int) -> np
     return mask
 
 
-def load_split(path: Path, skip_rows: int, params) -> pd.DataFrame:
-    contract = params.dataset.contract()
-    frame = validate_raw(read_raw(path, contract, skip_rows), contract, str(path))
-    label = frame.pop(contract.label.column)
-    frame[TARGET] = (label == contract.label.positive).astype("int8")
-    return frame.reset_index(drop=True)
+def with_target(table: pa.Table, label: str, positive: str) -> pa.Table:
+    """Replace the label column by a 0/1 int8 `target` column."""
+    target = pc.equal(table.column(label), positive).cast(pa.int8())
+    table = table.drop_columns([label]).append_column(TARGET, target)
+    return table.replace_schema_metadata(None)  # pandas' metadata no longer describes it
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--validated", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     params = load_params()
-    files = params.dataset.files
-    full = load_split(args.data / files["train"].name, files["train"].skip_rows, params)
-    valid_mask = stratified_split(full[TARGET].to_numpy(), params.split.valid_fraction, params.seed)
+    label = params.dataset.label
+    full, test = (
+        with_target(pq.read_table(args.validated / f"{name}.parquet"), label.column, label.positive)
+        for name in ("train", "test")
+    )
+    valid_mask = stratified_split(
+        full.column(TARGET).to_numpy(), params.split.valid_fraction, params.seed
+    )
     splits = {
-        "train": full[~valid_mask].reset_index(drop=True),
-        "valid": full[valid_mask].reset_index(drop=True),
-        "test": load_split(args.data / files["test"].name, files["test"].skip_rows, params),
+        "train": full.filter(pa.array(~valid_mask)),
+        "valid": full.filter(pa.array(valid_mask)),
+        "test": test,
     }
-    for name, frame in splits.items():
-        write_with(
-            args.out / f"{name}.parquet", lambda tmp, f=frame: f.to_parquet(tmp, index=False)
-        )
-        print(f"{name}: {len(frame)} rows, positive rate {frame[TARGET].mean():.4f}")
+    for name, table in splits.items():
+        write_with(args.out / f"{name}.parquet", lambda tmp, t=table: pq.write_table(t, tmp))
+        rate = pc.mean(table.column(TARGET)).as_py()
+        print(f"{name}: {table.num_rows} rows, positive rate {rate:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""validate: check every raw file against the data contract and publish the contract artifact."""
+"""validate: check every raw file against the data contract; publish the contract and typed data.
+
+The typed tables (parquet) are what later stages read, so the raw files are parsed once.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tabml.atomic import write_text_atomic
+from tabml.atomic import write_text_atomic, write_with
 from tabml.config import load_params
 from tabml.data import read_raw
 from tabml.stages._runner import run_stage
@@ -18,11 +21,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--contract", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="directory for typed parquet")
     args = parser.parse_args()
 
     dataset = load_params().dataset
     contract = dataset.contract()
-    report, failures = {}, []
+    report, failures, typed = {}, [], {}
     for split, spec in sorted(dataset.files.items()):
         path = args.data / spec.name
         try:
@@ -30,6 +34,7 @@ def main() -> None:
         except DataContractError as exc:
             failures.append(str(exc))
             continue
+        typed[split] = frame
         label = frame[contract.label.column]
         report[split] = {
             "file": spec.name,
@@ -39,6 +44,10 @@ def main() -> None:
         }
     if failures:
         raise DataContractError("\n".join(failures))
+    for split, frame in typed.items():
+        write_with(
+            args.out / f"{split}.parquet", lambda tmp, f=frame: f.to_parquet(tmp, index=False)
+        )
     contract.save(args.contract)
     write_text_atomic(args.report, json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(json.dumps(report, sort_keys=True))
