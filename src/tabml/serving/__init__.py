@@ -1,0 +1,10 @@
+"""The prediction service: FastAPI app serving the artifacts under `models/` with training parity.
+
+Module map (imports only point down): `cli` and `worker` start processes; `app` wires routes
+(`oip` adds the Open Inference Protocol v2 subset); `service` owns the loaded model, request
+validation (`schemas`, generated from the data contract) and prediction (`predictor`, reusing
+`tabml.features` and `tabml.model`); `provenance` checks artifacts against `dvc.lock`;
+`metrics` and `logs` make it observable; `settings` is the one typed configuration object.
+
+Nothing here imports pandas, scikit-learn, MLflow, DVC or Hydra.
+"""

@@ -1,0 +1,158 @@
+"""`tabml-serve`: start the prediction service on the trained `models/` with uvicorn.
+
+    tabml-serve                         # http://127.0.0.1:8000, one worker
+    tabml-serve --host 0.0.0.0 --port 8080 --workers 4
+
+Every setting is also an environment variable (TABML_MODEL_DIR, TABML_MAX_BATCH, ...; see
+`tabml.serving.settings`); options given here override them and are passed on to the workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import logging.config
+import os
+import shutil
+import sys
+import tempfile
+
+from tabml.serving.worker import prepare_process
+
+log = logging.getLogger("tabml.serving")
+
+# option → environment variable read by ServingSettings (in this process and in every worker)
+_SETTING_OPTIONS = {
+    "model_dir": "TABML_MODEL_DIR",
+    "dvc_lock": "TABML_DVC_LOCK",
+    "metrics_file": "TABML_METRICS_FILE",
+    "max_batch": "TABML_MAX_BATCH",
+    "threshold": "TABML_THRESHOLD",
+    "model_name": "TABML_MODEL_NAME",
+    "model_version": "TABML_MODEL_VERSION",
+    "log_level": "TABML_LOG_LEVEL",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tabml-serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes (default 1; each loads the model)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="event loop (default: uvloop if installed)",
+    )
+    parser.add_argument(
+        "--timeout-keep-alive",
+        type=int,
+        default=5,
+        help="seconds an idle keep-alive connection stays open (default 5)",
+    )
+    parser.add_argument("--model-dir", help="artifacts directory (default models/)")
+    parser.add_argument("--dvc-lock", help="dvc.lock to check artifact md5 against")
+    parser.add_argument("--metrics-file", help="test metrics for /metadata")
+    parser.add_argument("--max-batch", type=int, help="most records per request (default 10000)")
+    parser.add_argument("--threshold", type=float, help="decision threshold override")
+    parser.add_argument("--model-name", help="name in responses and the v2 protocol")
+    parser.add_argument("--model-version", help="version in responses (default: model md5)")
+    parser.add_argument(
+        "--allow-md5-mismatch",
+        action="store_true",
+        help="serve artifacts that do not match dvc.lock (not for production)",
+    )
+    parser.add_argument("--log-level", help="INFO (default), DEBUG, WARNING, ...")
+    return parser
+
+
+def _export_options(args: argparse.Namespace) -> None:
+    for option, variable in _SETTING_OPTIONS.items():
+        value = getattr(args, option)
+        if value is not None:
+            os.environ[variable] = str(value)
+    if args.allow_md5_mismatch:
+        os.environ["TABML_ALLOW_MD5_MISMATCH"] = "1"
+
+
+def _share_metrics_across_workers() -> None:
+    """prometheus-client multiprocess mode: workers write samples to one directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    directory = tempfile.mkdtemp(prefix="tabml-metrics-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    _export_options(args)
+    prepare_process()
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from tabml.model import ModelFileError
+    from tabml.serving.logs import logging_config
+    from tabml.serving.protocol import best_protocol
+    from tabml.serving.provenance import ArtifactIntegrityError
+    from tabml.serving.settings import ServingSettings
+
+    try:
+        settings = ServingSettings()
+    except ValidationError as exc:
+        print(f"error: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    log_config = logging_config(settings.log_level)
+    logging.config.dictConfig(log_config)
+    common = {
+        "host": args.host,
+        "port": args.port,
+        "log_config": log_config,
+        "access_log": False,
+        "http": best_protocol(),
+        "loop": args.loop,
+        "lifespan": "on",
+        "timeout_keep_alive": args.timeout_keep_alive,
+        "server_header": False,
+    }
+    try:
+        if args.workers == 1:
+            from tabml.serving.app import create_app
+
+            app = create_app(settings)
+        else:  # check once here, with a clear message, before the workers load it again
+            from tabml.serving.service import load_verified_model
+
+            load_verified_model(settings)
+    except (ModelFileError, ArtifactIntegrityError) as exc:
+        log.error("cannot start: %s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    if args.workers == 1:
+        uvicorn.run(app, **common)
+    else:
+        _share_metrics_across_workers()
+        uvicorn.run(
+            "tabml.serving.worker:create_app_from_env", factory=True, workers=args.workers, **common
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

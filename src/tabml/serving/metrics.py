@@ -1,0 +1,141 @@
+"""Prometheus metrics of the service (prometheus-client), one registry per app.
+
+With several uvicorn workers, `tabml-serve` sets PROMETHEUS_MULTIPROC_DIR so that every worker
+writes its samples there and `/metrics` aggregates all of them (prometheus-client's
+multiprocess mode); a single process exposes its own registry plus process metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ServiceMetrics:
+    """Request counts by route and status, latency, batch sizes, scores, model version info."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, fields: Iterable[str] = ()) -> None:
+        self._fields = frozenset(fields)
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.requests = Counter(
+            "tabml_http_requests",
+            "HTTP requests by route template, method and status code",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "tabml_http_request_duration_seconds",
+            "Time to answer a request, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_rows = Histogram(
+            "tabml_prediction_batch_rows",
+            "Records per prediction request",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.rows = Counter("tabml_predicted_rows", "Records scored", registry=registry)
+        self.scores = Histogram(
+            "tabml_prediction_score",
+            "Predicted probability of the positive class",
+            buckets=SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.positives = Counter(
+            "tabml_predicted_positive",
+            "Records labelled positive at the threshold",
+            registry=registry,
+        )
+        self.validation_errors = Counter(
+            "tabml_validation_errors",
+            "Rejected field values by field",
+            ["field"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "tabml_model_info",
+            "The served model (value 1), labelled with its identity",
+            ["model_name", "model_version", "model_md5", "lightgbm_version"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.ready = Gauge(
+            "tabml_ready",
+            "1 once the warm-up prediction succeeded",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        if multiprocess_dir() is None:
+            from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                registry.register(collector)
+        self._score_bounds = np.asarray(self.scores._upper_bounds)
+
+    def set_model(self, name: str, version: str, md5: str, lightgbm_version: str) -> None:
+        self.model_info.labels(name, version, md5, lightgbm_version).set(1)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def observe_batch(self, rows: int) -> None:
+        """One prediction request of `rows` records."""
+        self.batch_rows.observe(rows)
+        self.rows.inc(rows)
+
+    def observe_scores(self, probabilities: np.ndarray, threshold: float) -> None:
+        self.positives.inc(int(np.count_nonzero(probabilities >= threshold)))
+        # One histogram update per bucket instead of per row (a 10,000-row batch costs ~50 µs).
+        counts = np.bincount(
+            np.searchsorted(self._score_bounds, probabilities, side="left"),
+            minlength=len(self._score_bounds),
+        )
+        buckets = getattr(self.scores, "_buckets", None)
+        if buckets is None or len(buckets) != len(counts):  # pragma: no cover - other versions
+            for p in probabilities.tolist():
+                self.scores.observe(p)
+            return
+        for bucket, count in zip(buckets, counts.tolist(), strict=True):
+            if count:
+                bucket.inc(count)
+        self.scores._sum.inc(float(probabilities.sum()))
+
+    def observe_rejected(self, fields: list[str | None]) -> None:
+        """Count rejected values by contract field (anything else is "(other)": bounded labels)."""
+        for field in fields:
+            label = field if field in self._fields else "(body)" if field is None else "(other)"
+            self.validation_errors.labels(label).inc()
+
+    def exposition(self) -> bytes:
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry)

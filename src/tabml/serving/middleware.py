@@ -1,0 +1,82 @@
+"""Per-request bookkeeping as a plain ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware):
+request ID in and out, access log line, request metrics, and a JSON 500 that never loses the ID."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tabml.serving import logs
+from tabml.serving.metrics import ServiceMetrics
+
+access_log = logging.getLogger("tabml.serving.access")
+error_log = logging.getLogger("tabml.serving.error")
+
+_HEADER = logs.REQUEST_ID_HEADER.encode()
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == _HEADER:
+                incoming = value.decode("latin-1")
+                break
+        request_id = logs.accept_or_make_request_id(incoming)
+        token = logs.request_id.set(request_id)
+        header = (_HEADER, request_id.encode())
+        response: dict[str, Any] = {"status": 500, "started": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response["status"] = message["status"]
+                response["started"] = True
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            error_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not response["started"]:
+                body = json.dumps({"detail": "internal error", "request_id": request_id}).encode()
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send_with_id({"type": "http.response.body", "body": body})
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "(unmatched)"
+            status = response["status"]
+            self.metrics.observe_request(template, scope["method"], status, seconds)
+            extra: dict[str, Any] = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(seconds * 1e3, 3),
+            }
+            rows = scope.get("state", {}).get("rows")
+            if rows is not None:
+                extra["rows"] = rows
+            access_log.info("%s %s %s", scope["method"], scope["path"], status, extra=extra)
+            logs.request_id.reset(token)

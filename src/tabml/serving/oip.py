@@ -1,0 +1,343 @@
+"""The Open Inference Protocol (KServe/Seldon "v2") subset: health, model metadata and `infer`
+with one named tensor per input column, so the same image runs under those platforms.
+
+Tensors are validated by the same contract-generated record schema as /predict (errors name the
+row index and the input), and scored by the same predictor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from tabml.serving.predictor import RequestRejected
+from tabml.serving.routing import FastRoute, read_body
+from tabml.serving.schemas import (
+    ErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    InferenceTensor,
+    ModelMetadataResponse,
+    field_errors,
+)
+from tabml.serving.service import INLINE_BODY_BYTES, PredictionService
+
+INPUT_DATATYPES = {"int": "INT64", "float": "FP64", "category": "BYTES"}
+_INTEGER = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+ACCEPTED_DATATYPES = {
+    "int": _INTEGER,
+    "float": _INTEGER | {"FP16", "FP32", "FP64"},
+    "category": {"BYTES"},
+}
+OUTPUTS = {"probability": "FP64", "label": "BYTES"}
+
+
+def _error(status: int, message: str, detail: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if detail is not None:
+        body["detail"] = detail
+    return JSONResponse(body, status_code=status)
+
+
+def _reject(field: str | None, message: str, kind: str = "invalid_tensor") -> RequestRejected:
+    return RequestRejected(
+        422, [{"index": None, "field": field, "type": kind, "message": message}], 1
+    )
+
+
+def _column(tensor: InferenceTensor) -> tuple[list[Any], int]:
+    """Values of a [n] or [n, 1] tensor (flat or nested JSON data) and n."""
+    shape = tensor.shape
+    if not shape or len(shape) > 2 or (len(shape) == 2 and shape[1] != 1) or shape[0] < 0:
+        raise _reject(tensor.name, f"shape {shape}: expected [n] or [n, 1] (one value per row)")
+    data = tensor.data
+    if len(shape) == 2 and data and isinstance(data[0], list):
+        if any(not isinstance(row, list) or len(row) != 1 for row in data):
+            raise _reject(tensor.name, "nested data must hold one value per row")
+        data = [row[0] for row in data]
+    if len(data) != shape[0]:
+        raise _reject(tensor.name, f"shape {shape} but {len(data)} values")
+    return data, shape[0]
+
+
+def tensors_to_columns(
+    service: PredictionService, request: InferenceRequest
+) -> tuple[dict[str, list[Any]], int]:
+    specs = {c.name: c for c in service.model.contract.columns}
+    columns: dict[str, list[Any]] = {}
+    rows: int | None = None
+    for tensor in request.inputs:
+        spec = specs.get(tensor.name)
+        if spec is None:
+            raise _reject(
+                tensor.name, "unknown input: not a column of the data contract", "extra_forbidden"
+            )
+        if tensor.name in columns:
+            raise _reject(tensor.name, "input given twice")
+        if tensor.datatype.upper() not in ACCEPTED_DATATYPES[spec.type]:
+            raise _reject(
+                tensor.name,
+                f"datatype {tensor.datatype} does not fit a {spec.type} "
+                f"column (expected {INPUT_DATATYPES[spec.type]})",
+            )
+        data, n = _column(tensor)
+        if rows is not None and n != rows:
+            raise _reject(tensor.name, f"{n} rows, but other inputs have {rows}")
+        rows = n
+        columns[tensor.name] = data
+    assert rows is not None  # InferenceRequest requires at least one input
+    missing = [
+        c.name for c in service.model.contract.columns if c.name not in columns and not c.nullable
+    ]
+    if missing:
+        raise RequestRejected(
+            422,
+            [
+                {
+                    "index": None,
+                    "field": name,
+                    "type": "missing",
+                    "message": "required input is missing",
+                }
+                for name in missing
+            ],
+            len(missing),
+        )
+    return columns, rows
+
+
+def infer(service: PredictionService, body: bytes) -> tuple[dict[str, Any], int]:
+    try:
+        request = InferenceRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _request_errors(exc) from None
+    wanted = [o.get("name") for o in request.outputs] if request.outputs else list(OUTPUTS)
+    unknown = [name for name in wanted if name not in OUTPUTS]
+    if unknown:
+        raise _reject(str(unknown[0]), f"unknown output; available: {list(OUTPUTS)}")
+    columns, rows = tensors_to_columns(service, request)
+    records = service.predictor.parse_columns(columns, rows)
+    service.metrics.observe_batch(rows)
+    probabilities = service.score(records)
+    data = {
+        "probability": probabilities.tolist(),
+        "label": service.predictor.label_of(probabilities),
+    }
+    outputs = [
+        {"name": name, "datatype": OUTPUTS[name], "shape": [rows], "data": data[name]}
+        for name in wanted
+    ]
+    return {
+        "model_name": service.name,
+        "model_version": service.version,
+        "id": request.id,
+        "outputs": outputs,
+    }, rows
+
+
+def _request_errors(exc: ValidationError) -> RequestRejected:
+    """Errors in the request envelope (not in the values): located by their JSON path."""
+    errors = exc.errors(include_url=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        detail, count = field_errors(exc, single_record=False)
+        return RequestRejected(400, detail, count)
+    detail = [
+        {
+            "index": None,
+            "field": ".".join(map(str, e["loc"])) or None,
+            "type": e["type"],
+            "message": e["msg"],
+        }
+        for e in errors
+    ]
+    return RequestRejected(422, detail, len(detail))
+
+
+def _unknown_model(
+    service: PredictionService, model_name: str, version: str | None = None
+) -> JSONResponse | None:
+    if model_name != service.name:
+        return _error(404, f"model {model_name!r} not found; this server serves {service.name!r}")
+    if version is not None and version != service.version:
+        return _error(
+            404,
+            f"version {version!r} of model {model_name!r} not found; serving {service.version!r}",
+        )
+    return None
+
+
+def infer_endpoint(service: PredictionService) -> Callable[[Request], Awaitable[Response]]:
+    async def infer_v2(request: Request) -> Response:
+        params = request.path_params
+        unknown = _unknown_model(service, params["model_name"], params.get("model_version"))
+        if unknown is not None:
+            return unknown
+        try:
+            body = await read_body(request, service.settings.max_body_bytes)
+            if len(body) <= INLINE_BODY_BYTES:
+                result, rows = infer(service, body)
+            else:
+                result, rows = await run_in_threadpool(infer, service, body)
+        except RequestRejected as exc:
+            service.count_rejected(exc)
+            if isinstance(exc.detail, str):
+                return _error(exc.status, exc.detail)
+            first = _describe(exc.detail[0])
+            return _error(exc.status, f"{exc.error_count} error(s); first: {first}", exc.detail)
+        request.state.rows = rows
+        return JSONResponse(result)
+
+    return infer_v2
+
+
+def fast_routes(service: PredictionService) -> list[FastRoute]:
+    """The infer endpoints as plain Starlette routes (see `tabml.serving.app`)."""
+    endpoint = infer_endpoint(service)
+    return [
+        FastRoute("/v2/models/{model_name}/infer", endpoint, methods=["POST"]),
+        FastRoute(
+            "/v2/models/{model_name}/versions/{model_version}/infer", endpoint, methods=["POST"]
+        ),
+    ]
+
+
+def router(service: PredictionService) -> APIRouter:
+    api = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
+    errors = {"model": ErrorResponse}
+    contract = service.model.contract
+
+    def model_metadata() -> dict[str, Any]:
+        return {
+            "name": service.name,
+            "versions": [service.version],
+            "platform": "lightgbm",
+            "inputs": [
+                {"name": c.name, "datatype": INPUT_DATATYPES[c.type], "shape": [-1]}
+                for c in contract.columns
+            ],
+            "outputs": [
+                {"name": name, "datatype": datatype, "shape": [-1]}
+                for name, datatype in OUTPUTS.items()
+            ],
+        }
+
+    def readiness() -> JSONResponse:
+        ready = service.readiness.ready
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @api.get("", summary="Server metadata")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "tabml", "version": _package_version(), "extensions": []}
+
+    @api.get("/health/live", summary="Server is live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/health/ready", summary="Server is ready (warm-up prediction succeeded)")
+    async def server_ready() -> JSONResponse:
+        return readiness()
+
+    @api.get(
+        "/models/{model_name}",
+        response_model=ModelMetadataResponse,
+        responses={404: errors},
+        summary="Model metadata: input and output tensors",
+    )
+    async def metadata(model_name: str) -> Any:
+        return _unknown_model(service, model_name) or model_metadata()
+
+    @api.get(
+        "/models/{model_name}/versions/{model_version}",
+        response_model=ModelMetadataResponse,
+        responses={404: errors},
+        summary="Metadata of a model version",
+    )
+    async def version_metadata(model_name: str, model_version: str) -> Any:
+        return _unknown_model(service, model_name, model_version) or model_metadata()
+
+    @api.get("/models/{model_name}/ready", summary="Model is ready")
+    async def model_ready(model_name: str) -> JSONResponse:
+        return _unknown_model(service, model_name) or readiness()
+
+    @api.get("/models/{model_name}/versions/{model_version}/ready", summary="Version is ready")
+    async def version_ready(model_name: str, model_version: str) -> JSONResponse:
+        return _unknown_model(service, model_name, model_version) or readiness()
+
+    example = service.examples
+    example_request = {
+        "id": "42",
+        "inputs": [
+            {
+                "name": c.name,
+                "shape": [len(example)],
+                "datatype": INPUT_DATATYPES[c.type],
+                "data": [r[c.name] for r in example],
+            }
+            for c in contract.columns
+        ],
+    }
+    endpoint = infer_endpoint(service)
+    responses: dict[int | str, dict[str, Any]] = {
+        200: {"model": InferenceResponse},
+        400: errors,
+        404: errors,
+        413: errors,
+        422: errors,
+    }
+    body_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": InferenceRequest.model_json_schema(),
+                    "example": example_request,
+                }
+            },
+        }
+    }
+
+    # Documentation of the infer routes; requests are served by `fast_routes` (same endpoint).
+    @api.post(
+        "/models/{model_name}/infer",
+        response_model=None,
+        responses=responses,
+        openapi_extra=body_doc,
+        summary="Score rows given as one named tensor per input column",
+    )
+    async def model_infer(request: Request, model_name: str) -> Response:
+        return await endpoint(request)
+
+    @api.post(
+        "/models/{model_name}/versions/{model_version}/infer",
+        response_model=None,
+        responses=responses,
+        openapi_extra=body_doc,
+        summary="Score rows with a given model version",
+    )
+    async def version_infer(request: Request, model_name: str, model_version: str) -> Response:
+        return await endpoint(request)
+
+    return api
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = []
+    if error.get("index") is not None:
+        where.append(f"row {error['index']}")
+    if error.get("field") is not None:
+        where.append(f"input {error['field']!r}")
+    return f"{', '.join(where) or 'request'}: {error['message']}"
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tabml")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,179 @@
+"""Request and response bodies. The record schema is generated from the data contract, the same
+object the pipeline's validate stage enforces, so the API cannot drift from training.
+
+Policy (consistent with how training treats the raw data):
+- every contract column is a field; unknown fields are rejected (a typo would otherwise be lost);
+- numbers are strict: `int` columns take JSON integers only, `float` columns integers or finite
+  decimals; booleans and numeric strings are wrong types; values outside the contract's
+  [min, max] are rejected;
+- a categorical value must be one of the contract's categories (exact, case-sensitive);
+  a category the contract allows but the training split never contained is accepted and encoded
+  as missing (NaN), exactly as the offline feature transform does;
+- nullable columns (the raw data's missing marker, "?") take JSON null or may be omitted; other
+  columns must be present and non-null.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
+
+from tabml.contract import ColumnSpec, DataContract
+
+MAX_REPORTED_ERRORS = 100
+
+
+def _annotation(spec: ColumnSpec) -> Any:
+    bounds = {"ge": spec.min, "le": spec.max}
+    if spec.type == "category":
+        annotation: Any = Literal[tuple(spec.categories or ())]  # type: ignore[valid-type]
+    elif spec.type == "int":
+        annotation = Annotated[int, Strict(), Field(**bounds)]
+    else:
+        annotation = Annotated[float, Strict(), Field(allow_inf_nan=False, **bounds)]
+    return annotation | None if spec.nullable else annotation
+
+
+def _description(spec: ColumnSpec) -> str:
+    parts = [f"{spec.type}"]
+    if spec.min is not None or spec.max is not None:
+        parts.append(f"range [{spec.min}, {spec.max}]")
+    if spec.type == "category":
+        parts.append(f"one of {len(spec.categories or ())} categories")
+    parts.append("null allowed (missing)" if spec.nullable else "required, non-null")
+    return "; ".join(parts)
+
+
+def record_model(contract: DataContract, example: dict[str, Any] | None = None) -> type[BaseModel]:
+    """A pydantic model of one raw input record, field by field from the contract."""
+    fields: dict[str, Any] = {}
+    for spec in contract.columns:
+        default = None if spec.nullable else ...
+        fields[spec.name] = (_annotation(spec), Field(default, description=_description(spec)))
+    config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="PredictionRecord",
+        json_schema_extra={"examples": [example]} if example else None,
+    )
+    return create_model("PredictionRecord", __config__=config, **fields)
+
+
+class Prediction(BaseModel):
+    probability: float = Field(description="probability of the positive class")
+    label: str = Field(description="class at the configured threshold")
+
+
+class PredictionResponse(BaseModel):
+    model_name: str
+    model_version: str
+    threshold: float
+    predictions: list[Prediction] = Field(description="one per input record, in input order")
+
+
+class FieldError(BaseModel):
+    index: int | None = Field(description="position of the record in the request (0 for one)")
+    field: str | None = Field(description="the offending field, if the error is about one")
+    type: str = Field(description="machine-readable error kind (pydantic's error type)")
+    message: str
+    input: Any = Field(None, description="the rejected value, when it is a scalar")
+
+
+class ErrorResponse(BaseModel):
+    detail: list[FieldError] | str
+    error_count: int | None = None
+
+
+class InferenceTensor(BaseModel):
+    """A named tensor of the Open Inference Protocol v2 (REST, JSON `data` in row-major order)."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferenceTensor] = Field(min_length=1)
+    outputs: list[dict[str, Any]] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[InferenceTensor]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadataResponse(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+# Error translation: pydantic's errors → one entry per (record index, field) with a plain message.
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _message(error: dict[str, Any], field: str | None) -> str:
+    kind, value = error["type"], error.get("input")
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field: not a column of the data contract"
+    if value is None and field is not None:
+        return "must not be null"
+    if kind == "literal_error":
+        if not isinstance(value, str):
+            return f"wrong type: expected a category string, got {type(value).__name__}"
+        return f"unknown category {value!r}; allowed: {error['ctx']['expected']}"
+    if kind in ("int_type", "float_type", "int_from_float"):
+        expected = "an integer" if kind != "float_type" else "a number"
+        return f"wrong type: expected {expected}, got {type(value).__name__} {value!r}"
+    if kind in ("greater_than_equal", "less_than_equal", "finite_number"):
+        return f"out of range: {error['msg'].lower()}, got {value!r}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "each record must be a JSON object"
+    return str(error["msg"])
+
+
+def field_errors(exc: ValidationError, *, single_record: bool) -> tuple[list[dict[str, Any]], int]:
+    """Readable errors naming record index and field; at most MAX_REPORTED_ERRORS, plus the count.
+
+    `single_record`: the body was one object, so error locations start at the field.
+    """
+    errors = exc.errors(include_url=False)
+    described = []
+    for error in errors[:MAX_REPORTED_ERRORS]:
+        loc = list(error["loc"])
+        index: int | None = 0 if single_record and error["type"] != "json_invalid" else None
+        if not single_record and loc and isinstance(loc[0], int):
+            index = loc.pop(0)
+        field = str(loc[0]) if loc else None
+        entry: dict[str, Any] = {
+            "index": index,
+            "field": field,
+            "type": error["type"],
+            "message": _message(error, field),
+        }
+        value = error.get("input")
+        if error["type"] != "missing" and _is_scalar(value):
+            entry["input"] = value
+        described.append(entry)
+    return described, len(errors)

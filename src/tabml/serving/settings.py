@@ -1,0 +1,40 @@
+"""Typed service settings, read from the environment (prefix `TABML_`) by pydantic-settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    """Everything the service can be told; each field is also an environment variable.
+
+    Relative paths resolve against the working directory (the repository root, or `/app` in the
+    image), matching the paths recorded in `dvc.lock`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TABML_", extra="ignore", frozen=True)
+
+    model_dir: Path = Field(Path("models"), description="directory with the trained artifacts")
+    dvc_lock: Path = Field(Path("dvc.lock"), description="lock file holding the artifacts' md5")
+    allow_md5_mismatch: bool = Field(
+        False, description="serve artifacts whose md5 differs from dvc.lock (or with no dvc.lock)"
+    )
+    metrics_file: Path | None = Field(
+        Path("reports/metrics.json"), description="test metrics shown by /metadata (optional)"
+    )
+    max_batch: int = Field(10_000, ge=1, description="most records accepted in one request")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body")
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="decision threshold; default: the trained model's"
+    )
+    model_name: str | None = Field(None, description="default: the data contract's name")
+    model_version: str | None = Field(
+        None, description="default: the first 12 hex digits of the model file's md5"
+    )
+    git_commit: str | None = Field(
+        None, description="commit that built the model; default: asked from git if available"
+    )
+    log_level: str = Field("INFO", description="level of the JSON logs")

@@ -1,0 +1,224 @@
+"""Fixtures for the prediction service tests: a frozen copy of the trained artifacts, the test set
+as raw records with its offline probabilities, and real `tabml-serve` processes on loopback.
+
+The artifacts are copied (with `dvc.lock`) once per session and checked against that lock, so a
+pipeline run elsewhere in the working tree cannot change them half-way through the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODELS = REPO_ROOT / "models"
+PREPARED_TEST = REPO_ROOT / "artifacts" / "prepared" / "test.parquet"
+VENV_BIN = Path(sys.executable).parent
+SERVE = [sys.executable, "-m", "tabml.serving.cli"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if (MODELS / "model.txt").is_file() and PREPARED_TEST.is_file():
+        return
+    skip = pytest.mark.skip(reason="no trained model: run `python src/train.py` first")
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(skip)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A directory laid out like the repository root, as far as serving is concerned."""
+
+    root: Path
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def dvc_lock(self) -> Path:
+        return self.root / "dvc.lock"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "reports" / "metrics.json"
+
+    def settings(self, **overrides: Any) -> Any:
+        from tabml.serving.settings import ServingSettings
+
+        values = {
+            "model_dir": self.models,
+            "dvc_lock": self.dvc_lock,
+            "metrics_file": self.metrics,
+            **overrides,
+        }
+        return ServingSettings(**values)
+
+    def copy(self, dest: Path) -> Workspace:
+        shutil.copytree(self.root, dest)
+        return Workspace(dest)
+
+
+def _snapshot(dest: Path) -> Workspace:
+    """Copy models/, dvc.lock and the test metrics; retry while a pipeline run rewrites them."""
+    from tabml.serving.predictor import ARTIFACT_FILES
+    from tabml.serving.provenance import ArtifactIntegrityError, verify_artifacts
+
+    error: Exception | None = None
+    for _ in range(30):
+        shutil.rmtree(dest, ignore_errors=True)
+        (dest / "models").mkdir(parents=True)
+        (dest / "reports").mkdir()
+        try:
+            for name in ARTIFACT_FILES:
+                shutil.copy2(MODELS / name, dest / "models" / name)
+            shutil.copy2(REPO_ROOT / "dvc.lock", dest / "dvc.lock")
+            with contextlib.suppress(FileNotFoundError):
+                shutil.copy2(REPO_ROOT / "reports" / "metrics.json", dest / "reports")
+            verify_artifacts(
+                [dest / "models" / n for n in ARTIFACT_FILES],
+                dest / "dvc.lock",
+                allow_mismatch=False,
+            )
+            return Workspace(dest)
+        except (OSError, ArtifactIntegrityError) as exc:  # mid-run: try again shortly
+            error = exc
+            time.sleep(2)
+    pytest.fail(f"models/ never matched dvc.lock (is a pipeline run stuck?): {error}")
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    return _snapshot(tmp_path_factory.mktemp("serving") / "repo")
+
+
+@dataclass(frozen=True)
+class TestSet:
+    records: list[dict[str, Any]]
+    probabilities: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def test_set(workspace: Workspace) -> TestSet:
+    """Every test row as a JSON-ready raw record, and its offline probability: the pipeline's
+    own feature transform on the prepared (typed) test split, then `predict_proba`."""
+    from tabml.columnar import read_columns
+    from tabml.contract import DataContract
+    from tabml.features import FeatureTransform
+    from tabml.model import load_booster, predict_proba
+
+    contract = DataContract.load(workspace.models / "contract.json")
+    transform = FeatureTransform.load(workspace.models / "feature_transform.json", contract)
+    booster = load_booster(workspace.models / "model.txt")
+    columns = read_columns(PREPARED_TEST)
+    probabilities = predict_proba(booster, transform.transform(columns))
+    names = contract.feature_names
+    lists = {name: columns[name].tolist() for name in names}
+    records = [dict(zip(names, row, strict=True)) for row in zip(*lists.values(), strict=True)]
+    return TestSet(records, probabilities)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TABML_", "PROMETHEUS_MULTIPROC", "MLFLOW_"))
+    }
+    env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(line))
+        return lines
+
+
+@contextlib.contextmanager
+def serve(workspace: Workspace, *options: str, timeout: float = 60.0) -> Iterator[Server]:
+    """`tabml-serve` in its own process on a free loopback port; yields once /ready is 200."""
+    port = free_port()
+    log = workspace.root / f"serve-{port}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [*SERVE, "--port", str(port), *options],
+            cwd=workspace.root,
+            env=child_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited {process.returncode}:\n{log.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not ready after {timeout} s:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_serve(workspace: Workspace, *options: str) -> subprocess.CompletedProcess[str]:
+    """`tabml-serve` expected to fail at start-up: its exit status and output."""
+    return subprocess.run(
+        [*SERVE, "--port", str(free_port()), *options],
+        cwd=workspace.root,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="session")
+def start_server() -> Any:
+    """`start_server(workspace, *options)`: context manager yielding a ready `Server`."""
+    return serve
+
+
+@pytest.fixture(scope="session")
+def start_failing_server() -> Any:
+    """`start_failing_server(workspace, *options)`: the finished process of a failed start."""
+    return run_serve
