@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 
-from tabml.serving.worker import prepare_process
+from tabml.serving.worker import freeze_loaded_objects, prepare_process
 
 log = logging.getLogger("tabml.serving")
 
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             from tabml.serving.app import create_app
 
             app = create_app(settings)
+            freeze_loaded_objects()
         else:  # check once here, with a clear message, before the workers load it again
             from tabml.serving.service import load_verified_model
 

@@ -10,6 +10,7 @@ single-record throughput.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -27,9 +28,19 @@ def prepare_process() -> None:
                 sys.modules[name] = None  # type: ignore[assignment]  # import → ImportError
 
 
+def freeze_loaded_objects() -> None:
+    """Move everything loaded so far (modules, model, schemas) out of the garbage collector's
+    view, so collections during requests scan only request garbage (shorter pauses, better p99).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app_from_env():  # returns FastAPI, imported lazily on purpose
     """uvicorn factory (`tabml.serving.worker:create_app_from_env`): settings from TABML_*."""
     prepare_process()
     from tabml.serving.app import create_app
 
-    return create_app()
+    app = create_app()
+    freeze_loaded_objects()
+    return app
