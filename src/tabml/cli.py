@@ -8,6 +8,7 @@ import sys
 
 from tabml.config import ConfigError
 from tabml.data import DataIntegrityError
+from tabml.tracking import TrackingUnavailableError, check_reachable, resolve_tracking_uri
 
 
 def build_parser(usage: str | None) -> argparse.ArgumentParser:
@@ -30,6 +31,21 @@ def build_parser(usage: str | None) -> argparse.ArgumentParser:
         help="do not push data, outputs and run cache to the default DVC remote after a run",
     )
     parser.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="sweep: run every combination of the overrides (a=1,2 b=x,y) as a queued DVC "
+        "experiment, then print them sorted by the gate metric",
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        help="with --multirun: queue workers running experiments in parallel (default 1; "
+        "DVC's queue is racy with more)",
+    )
+    parser.add_argument(
         "--verify",
         action="store_true",
         help="audit: rebuild the current commit in a clean clone and compare every output "
@@ -48,14 +64,18 @@ def main(argv: list[str], usage: str | None = None) -> int:
     from tabml import pipeline
 
     try:
+        if args.multirun:
+            return _sweep(args)
         params, changed = pipeline.compose_params(args.overrides)
         if changed:
             print("params.yaml updated")
+        # A tracking server that does not answer fails the run here, not after training.
+        check_reachable(resolve_tracking_uri(params.tracking.uri))
         source = pipeline.ensure_data(params)
         if source != "workspace":
             print(f"data: {source}")
         result = pipeline.reproduce(force=args.force)
-    except (ConfigError, DataIntegrityError) as exc:
+    except (ConfigError, DataIntegrityError, TrackingUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except pipeline.StageFailedError as exc:
@@ -65,3 +85,11 @@ def main(argv: list[str], usage: str | None = None) -> int:
     if not args.no_push and (result.stages_run or source != "workspace"):
         print(pipeline.push())
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from tabml import sweep
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1 (got {args.jobs})")
+    return sweep.run_sweep(args.overrides, jobs=args.jobs)

@@ -7,7 +7,7 @@ error before any stage runs, instead of a confusing failure deep inside LightGBM
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -78,6 +78,26 @@ class EvaluateConfig(_Section):
     calibration_bins: int = Field(ge=2)
 
 
+class TrackingConfig(_Section):
+    """Where MLflow runs and registered models go (see `tabml.tracking.resolve_tracking_uri`)."""
+
+    uri: str | None = None
+    experiment: str = Field(min_length=1)
+    registered_model: str = Field(min_length=1)
+
+
+# Test metrics (reports/metrics.json) where higher is better: the ones a gate may compare.
+GateMetric = Literal["roc_auc", "pr_auc", "accuracy", "f1", "precision", "recall"]
+
+
+class GateConfig(_Section):
+    """Promotion rule for the `champion` alias (see `tabml.registry.evaluate_gate`)."""
+
+    metric: GateMetric
+    minimum: float = Field(ge=0, le=1)
+    max_drop_from_champion: float = Field(ge=0)
+
+
 class Params(_Section):
     seed: int
     dataset: DatasetConfig
@@ -87,6 +107,8 @@ class Params(_Section):
     train: TrainConfig
     decision: DecisionConfig
     evaluate: EvaluateConfig
+    tracking: TrackingConfig
+    gate: GateConfig
 
 
 class ConfigError(ValueError):
