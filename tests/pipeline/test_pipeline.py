@@ -48,9 +48,9 @@ def test_nothing_changed_runs_no_stage(trained_repo: Path) -> None:
     assert "roc_auc" in result.stdout
 
 
-def test_model_parameter_change_runs_only_train_and_evaluate(repo_copy: Path) -> None:
+def test_model_parameter_change_runs_only_train_evaluate_and_register(repo_copy: Path) -> None:
     result = train(repo_copy, "model.learning_rate=0.07")
-    assert stages_run(result.stdout) == ["train", "evaluate"]
+    assert stages_run(result.stdout) == ["train", "evaluate", "register"]
     assert "learning_rate: 0.07" in (repo_copy / "params.yaml").read_text()
     lock = (repo_copy / "dvc.lock").read_text()
     assert "learning_rate: 0.07" in lock
