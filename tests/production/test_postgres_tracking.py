@@ -3,10 +3,10 @@
 Debian's PostgreSQL (installed with apt-get when absent and running as root) runs on loopback
 from a temporary data directory, moto's S3 server stands in for the object store, and a real
 `mlflow server --backend-store-uri postgresql://... --artifacts-destination s3://...` serves
-both, exactly as docs/PRODUCTION.md describes. The client side only knows the server's URL:
-a run with parameters, a metric and the model file as an artifact, then a registered model
-version with the `champion` alias, all read back through the server, and checked at the
-source (rows in PostgreSQL, the object in the bucket).
+both, as docs/PRODUCTION.md describes (the password in PGPASSWORD, not on the command line).
+The client side only knows the server's URL: a run with parameters, a metric and the model file
+as an artifact, then a registered model version with the `champion` alias, all read back
+through the server, and checked at the source (rows in PostgreSQL, the object in the bucket).
 """
 
 from __future__ import annotations
@@ -130,7 +130,12 @@ def s3_env(endpoint: str) -> dict[str, str]:
 def tracking_server(
     postgres_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """`mlflow server` on PostgreSQL + S3, as docs/PRODUCTION.md runs it; yields its URL."""
+    """`mlflow server` on PostgreSQL + S3, as docs/PRODUCTION.md runs it; yields its URL.
+
+    The password reaches libpq through PGPASSWORD, not the command line (where `ps` shows it).
+    """
+    assert f":{PASSWORD}@" in postgres_url
+    backend_store = postgres_url.replace(f":{PASSWORD}@", "@")
     port = _free_port()
     log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
     command = [
@@ -139,7 +144,7 @@ def tracking_server(
         "mlflow",
         "server",
         "--backend-store-uri",
-        postgres_url,
+        backend_store,
         "--artifacts-destination",
         f"s3://{BUCKET}/mlflow",
         "--host",
@@ -151,7 +156,10 @@ def tracking_server(
     ]
     with open(log, "w") as out:
         server = subprocess.Popen(
-            command, env=command_env(**s3_env(s3_endpoint)), stdout=out, stderr=subprocess.STDOUT
+            command,
+            env=command_env(PGPASSWORD=PASSWORD, **s3_env(s3_endpoint)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
