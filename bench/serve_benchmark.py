@@ -324,15 +324,21 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def paired(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
+    """Median over rounds of a/b, each round's pair measured back to back (under the same
+    background load), which is steadier than a ratio of medians on a shared machine."""
+    return statistics.median(x[key] / y[key] for x, y in zip(a["runs"], b["runs"], strict=True))
+
+
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     ours = results["systems"]["tabml-serve"]
     peer = results["systems"]["mlflow-serve"]
     limit = results["systems"]["in-process"]["scenarios"]
     c8, peer_c8 = ours["scenarios"]["single c=8"], peer["scenarios"]["single c=8"]
     batch = f"batch {BATCH_ROWS} c=1"
-    speedup = c8["requests_per_s"] / peer_c8["requests_per_s"]
-    p99 = c8["p99_ms"] / peer_c8["p99_ms"]
-    rows = ours["scenarios"][batch]["rows_per_s"] / limit[batch]["rows_per_s"]
+    speedup = paired(c8, peer_c8, "rps")
+    p99 = paired(c8, peer_c8, "p99_ms")
+    rows = paired(ours["scenarios"][batch], limit[batch], "rps")
     cold = ours["cold_start_s"] / peer["cold_start_s"]
     return [
         {
@@ -387,8 +393,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=int, default=4, help="seconds per run")
-    parser.add_argument("--runs", type=int, default=3, help="runs per scenario (median)")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per run")
+    parser.add_argument("--runs", type=int, default=5, help="runs per scenario (median)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if shutil.which("wrk") is None:

@@ -142,6 +142,7 @@ def test_metrics_exposition(workspace: Any, test_set: Any) -> None:
         wait_ready(fresh)
         fresh.post("/predict", json=test_set.records[:10])
         fresh.post("/predict", json=test_set.records[10])
+        fresh.post("/predict", json=test_set.records[11:111])  # > 32 rows: bulk histogram update
         fresh.post("/predict", json={**test_set.records[0], "sex": "?"})
         response = fresh.get("/metrics")
     assert response.status_code == 200
@@ -152,16 +153,19 @@ def test_metrics_exposition(workspace: Any, test_set: Any) -> None:
         for line in text.splitlines()
         if line and not line.startswith("#")
     }
-    assert samples['tabml_http_requests_total{method="POST",route="/predict",status="200"}'] == 2
+    assert samples['tabml_http_requests_total{method="POST",route="/predict",status="200"}'] == 3
     assert samples['tabml_http_requests_total{method="POST",route="/predict",status="422"}'] == 1
-    assert samples['tabml_http_request_duration_seconds_count{route="/predict"}'] == 3
-    assert samples["tabml_prediction_batch_rows_count"] == 2
-    assert samples["tabml_prediction_batch_rows_sum"] == 11
-    assert samples["tabml_predicted_rows_total"] == 11
-    assert samples['tabml_prediction_score_bucket{le="+Inf"}'] == 11
-    expected = np.concatenate([test_set.probabilities[:11]])
+    assert samples['tabml_http_request_duration_seconds_count{route="/predict"}'] == 4
+    assert samples["tabml_prediction_batch_rows_count"] == 3
+    assert samples["tabml_prediction_batch_rows_sum"] == 111
+    assert samples["tabml_predicted_rows_total"] == 111
+    assert samples['tabml_prediction_score_bucket{le="+Inf"}'] == 111
+    expected = test_set.probabilities[:111]
     assert samples["tabml_prediction_score_sum"] == pytest.approx(expected.sum())
-    assert samples['tabml_prediction_score_bucket{le="0.5"}'] == np.sum(expected <= 0.5)
+    for bound in ("0.1", "0.5", "0.9"):
+        key = f'tabml_prediction_score_bucket{{le="{bound}"}}'
+        assert samples[key] == np.sum(expected <= float(bound))
+    assert samples["tabml_predicted_positive_total"] == np.sum(expected >= 0.5)
     assert samples['tabml_validation_errors_total{field="sex"}'] == 1
     assert samples["tabml_ready"] == 1
     assert any(k.startswith("tabml_model_info{") and 'model_name="adult"' in k for k in samples)
@@ -288,6 +292,37 @@ def test_concurrent_single_records_are_scored_exactly(workspace: Any, test_set: 
 
     got = asyncio.run(run())
     np.testing.assert_array_equal(got, test_set.probabilities[rows])
+
+
+def test_fastapi_routes_serve_the_same_handlers(workspace: Any, test_set: Any) -> None:
+    """Under a mount prefix the short path does not match; the FastAPI routes (the ones in
+    OpenAPI) then serve the same handlers, with the same answers and errors."""
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    service_app = create_app(workspace.settings())
+    outer = Starlette(routes=[Mount("/api", app=service_app)])
+    with TestClient(outer) as http:
+        body = http.post("/api/predict", json=test_set.records[:20]).json()
+        got = [p["probability"] for p in body["predictions"]]
+        np.testing.assert_array_equal(got, test_set.probabilities[:20])
+        assert http.post("/api/predict", content=b"{").status_code == 400
+        bad = http.post("/api/predict", json=[test_set.records[0], {}])
+        assert bad.status_code == 422 and bad.json()["detail"][0]["index"] == 1
+        inputs = [
+            {
+                "name": k,
+                "shape": [1],
+                "datatype": "BYTES" if isinstance(v, str) else "INT64",
+                "data": [v],
+            }
+            for k, v in test_set.records[0].items()
+        ]
+        infer = http.post("/api/v2/models/adult/infer", json={"inputs": inputs})
+        assert infer.json()["outputs"][0]["data"] == [test_set.probabilities[0]]
+        assert http.post("/api/v2/models/other/infer", json={"inputs": inputs}).status_code == 404
+        metrics = http.get("/api/metrics").text
+    assert 'route="/predict",status="200"' in metrics
 
 
 def test_threshold_override(workspace: Any, test_set: Any) -> None:

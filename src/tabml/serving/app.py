@@ -3,24 +3,27 @@
 Routes are thin: they move bytes between HTTP and `PredictionService`. The prediction body is
 read and validated straight from bytes by pydantic-core (no intermediate `json.loads`, no
 pandas), and the OpenAPI document still shows the contract-generated schema with real examples.
+The prediction endpoints take a short path through the request middleware
+(`tabml.serving.routing`); their FastAPI routes document them and are the fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from tabml.serving import oip
 from tabml.serving.middleware import RequestContextMiddleware
 from tabml.serving.predictor import RequestRejected
-from tabml.serving.routing import FastRoute, read_body
+from tabml.serving.routing import BodyReader, Handler, HandlerResult, ShortPath
 from tabml.serving.schemas import ErrorResponse, PredictionResponse
 from tabml.serving.service import PredictionService
 from tabml.serving.settings import ServingSettings
@@ -28,11 +31,11 @@ from tabml.serving.settings import ServingSettings
 JSON = "application/json"
 
 
-def rejection_response(exc: RequestRejected) -> JSONResponse:
+def rejection_body(exc: RequestRejected) -> bytes:
     body: dict[str, Any] = {"detail": exc.detail}
     if exc.error_count is not None:
         body["error_count"] = exc.error_count
-    return JSONResponse(body, status_code=exc.status)
+    return to_json(body)
 
 
 def _predict_openapi(service: PredictionService) -> dict[str, Any]:
@@ -70,30 +73,35 @@ def _predict_openapi(service: PredictionService) -> dict[str, Any]:
     }
 
 
-def predict_endpoint(service: PredictionService) -> Callable[[Request], Awaitable[Response]]:
-    settings = service.settings
+def predict_handler(service: PredictionService) -> Handler:
+    """POST /predict: one JSON object (one record) or an array of up to TABML_MAX_BATCH
+    records, keyed by the raw input columns. Errors name the record index and field."""
 
-    async def predict(request: Request) -> Response:
-        """Send one JSON object (one record) or an array of up to TABML_MAX_BATCH records, keyed
-        by the raw input columns. Errors name the record index and field."""
+    async def predict(read_body: BodyReader, params: dict[str, Any]) -> HandlerResult:
         try:
-            body = await read_body(request, settings.max_body_bytes)
-            content, rows = await service.predict_json_async(body)
+            content, rows = await service.predict_json_async(await read_body())
         except RequestRejected as exc:
             service.count_rejected(exc)
-            return rejection_response(exc)
-        request.state.rows = rows
-        return Response(content, media_type=JSON)
+            return HandlerResult(exc.status, rejection_body(exc))
+        return HandlerResult(200, content, rows)
 
     return predict
 
 
-def prediction_router(service: PredictionService) -> APIRouter:
+def short_paths(service: PredictionService) -> list[ShortPath]:
+    limit = service.settings.max_body_bytes
+    return [
+        ShortPath("POST", "/predict", predict_handler(service), limit),
+        *oip.short_paths(service),
+    ]
+
+
+def prediction_router(service: PredictionService, predict: ShortPath) -> APIRouter:
     router = APIRouter()
     errors = {"model": ErrorResponse}
     router.add_api_route(
         "/predict",
-        predict_endpoint(service),
+        predict.endpoint(),
         methods=["POST"],
         tags=["prediction"],
         response_model=None,
@@ -164,18 +172,12 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    app.include_router(prediction_router(service))
-    app.include_router(oip.router(service))
-    # The prediction routes are also served by plain Starlette routes placed first: FastAPI's
-    # per-request machinery (dependency solving, exit stacks) costs about 60 µs, a quarter of
-    # a single-record request, and these endpoints take the raw request anyway. The FastAPI
-    # routes above hold the same endpoint functions and document them in OpenAPI.
-    fast = [
-        FastRoute("/predict", predict_endpoint(service), methods=["POST"]),
-        *oip.fast_routes(service),
-    ]
-    app.router.routes[:0] = fast
-    app.add_middleware(RequestContextMiddleware, metrics=service.metrics)
+    predict, *infer = short_paths(service)
+    app.include_router(prediction_router(service, predict))
+    app.include_router(oip.router(service, infer))
+    app.add_middleware(
+        RequestContextMiddleware, metrics=service.metrics, short_paths=[predict, *infer]
+    )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

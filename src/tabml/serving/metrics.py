@@ -108,6 +108,12 @@ class ServiceMetrics:
         self.rows.inc(rows)
 
     def observe_scores(self, probabilities: np.ndarray, threshold: float) -> None:
+        if len(probabilities) <= 32:  # numpy's per-call overhead exceeds the loop's cost
+            values = probabilities.tolist()
+            self.positives.inc(sum(v >= threshold for v in values))
+            for value in values:
+                self.scores.observe(value)
+            return
         self.positives.inc(int(np.count_nonzero(probabilities >= threshold)))
         # One histogram update per bucket instead of per row (a 10,000-row batch costs ~50 µs).
         counts = np.bincount(

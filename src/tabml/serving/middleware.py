@@ -1,5 +1,6 @@
 """Per-request bookkeeping as a plain ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware):
-request ID in and out, access log line, request metrics, and a JSON 500 that never loses the ID."""
+request ID in and out, access log line, request metrics, and a JSON 500 that never loses the ID.
+It also dispatches the prediction endpoints on their short path (`tabml.serving.routing`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tabml.serving import logs
 from tabml.serving.metrics import ServiceMetrics
+from tabml.serving.routing import ShortPath
 
 access_log = logging.getLogger("tabml.serving.access")
 error_log = logging.getLogger("tabml.serving.error")
@@ -20,9 +22,12 @@ _HEADER = logs.REQUEST_ID_HEADER.encode()
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: ServiceMetrics, short_paths: list[ShortPath] | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.short_paths = short_paths or []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,8 +51,17 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
+        short, params, rows = None, None, None
+        for candidate in self.short_paths:
+            params = candidate.match(scope)
+            if params is not None:
+                short = candidate
+                break
         try:
-            await self.app(scope, receive, send_with_id)
+            if short is not None:
+                rows = await short.serve(scope, receive, send_with_id, params or {})
+            else:
+                await self.app(scope, receive, send_with_id)
         except Exception:
             error_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not response["started"]:
@@ -65,8 +79,11 @@ class RequestContextMiddleware:
                 await send_with_id({"type": "http.response.body", "body": body})
         finally:
             seconds = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "(unmatched)"
+            if short is not None:
+                template = short.path
+            else:
+                template = getattr(scope.get("route"), "path", None) or "(unmatched)"
+                rows = scope.get("state", {}).get("rows")
             status = response["status"]
             self.metrics.observe_request(template, scope["method"], status, seconds)
             extra: dict[str, Any] = {
@@ -75,7 +92,6 @@ class RequestContextMiddleware:
                 "status": status,
                 "duration_ms": round(seconds * 1e3, 3),
             }
-            rows = scope.get("state", {}).get("rows")
             if rows is not None:
                 extra["rows"] = rows
             access_log.info("%s %s %s", scope["method"], scope["path"], status, extra=extra)

@@ -7,16 +7,16 @@ row index and the input), and scored by the same predictor.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from tabml.serving.predictor import RequestRejected
-from tabml.serving.routing import FastRoute, read_body
+from tabml.serving.routing import BodyReader, Handler, HandlerResult, ShortPath
 from tabml.serving.schemas import (
     ErrorResponse,
     InferenceRequest,
@@ -158,27 +158,30 @@ def _request_errors(exc: ValidationError) -> RequestRejected:
     return RequestRejected(422, detail, len(detail))
 
 
-def _unknown_model(
+def _unknown_model_message(
     service: PredictionService, model_name: str, version: str | None = None
-) -> JSONResponse | None:
+) -> str | None:
     if model_name != service.name:
-        return _error(404, f"model {model_name!r} not found; this server serves {service.name!r}")
+        return f"model {model_name!r} not found; this server serves {service.name!r}"
     if version is not None and version != service.version:
-        return _error(
-            404,
-            f"version {version!r} of model {model_name!r} not found; serving {service.version!r}",
-        )
+        return f"version {version!r} of model {model_name!r} not found; serving {service.version!r}"
     return None
 
 
-def infer_endpoint(service: PredictionService) -> Callable[[Request], Awaitable[Response]]:
-    async def infer_v2(request: Request) -> Response:
-        params = request.path_params
-        unknown = _unknown_model(service, params["model_name"], params.get("model_version"))
+def _unknown_model(
+    service: PredictionService, model_name: str, version: str | None = None
+) -> JSONResponse | None:
+    message = _unknown_model_message(service, model_name, version)
+    return None if message is None else _error(404, message)
+
+
+def infer_handler(service: PredictionService) -> Handler:
+    async def infer_v2(read_body: BodyReader, params: dict[str, Any]) -> HandlerResult:
+        unknown = _unknown_model_message(service, params["model_name"], params.get("model_version"))
         if unknown is not None:
-            return unknown
+            return HandlerResult(404, to_json({"error": unknown}))
         try:
-            body = await read_body(request, service.settings.max_body_bytes)
+            body = await read_body()
             if len(body) <= INLINE_BODY_BYTES:
                 result, rows = infer(service, body)
             else:
@@ -186,27 +189,25 @@ def infer_endpoint(service: PredictionService) -> Callable[[Request], Awaitable[
         except RequestRejected as exc:
             service.count_rejected(exc)
             if isinstance(exc.detail, str):
-                return _error(exc.status, exc.detail)
-            first = _describe(exc.detail[0])
-            return _error(exc.status, f"{exc.error_count} error(s); first: {first}", exc.detail)
-        request.state.rows = rows
-        return JSONResponse(result)
+                return HandlerResult(exc.status, to_json({"error": exc.detail}))
+            message = f"{exc.error_count} error(s); first: {_describe(exc.detail[0])}"
+            return HandlerResult(exc.status, to_json({"error": message, "detail": exc.detail}))
+        return HandlerResult(200, to_json(result), rows)
 
     return infer_v2
 
 
-def fast_routes(service: PredictionService) -> list[FastRoute]:
-    """The infer endpoints as plain Starlette routes (see `tabml.serving.app`)."""
-    endpoint = infer_endpoint(service)
+def short_paths(service: PredictionService) -> list[ShortPath]:
+    """The infer endpoints, served on the short path (`tabml.serving.routing`)."""
+    handler = infer_handler(service)
+    limit = service.settings.max_body_bytes
     return [
-        FastRoute("/v2/models/{model_name}/infer", endpoint, methods=["POST"]),
-        FastRoute(
-            "/v2/models/{model_name}/versions/{model_version}/infer", endpoint, methods=["POST"]
-        ),
+        ShortPath("POST", "/v2/models/{model_name}/infer", handler, limit),
+        ShortPath("POST", "/v2/models/{model_name}/versions/{model_version}/infer", handler, limit),
     ]
 
 
-def router(service: PredictionService) -> APIRouter:
+def router(service: PredictionService, infer_paths: list[ShortPath]) -> APIRouter:
     api = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
     errors = {"model": ErrorResponse}
     contract = service.model.contract
@@ -281,7 +282,7 @@ def router(service: PredictionService) -> APIRouter:
             for c in contract.columns
         ],
     }
-    endpoint = infer_endpoint(service)
+    model_endpoint, version_endpoint = (path.endpoint() for path in infer_paths)
     responses: dict[int | str, dict[str, Any]] = {
         200: {"model": InferenceResponse},
         400: errors,
@@ -301,7 +302,7 @@ def router(service: PredictionService) -> APIRouter:
         }
     }
 
-    # Documentation of the infer routes; requests are served by `fast_routes` (same endpoint).
+    # Routes for OpenAPI; requests normally take the short path to the same handler.
     @api.post(
         "/models/{model_name}/infer",
         response_model=None,
@@ -310,7 +311,7 @@ def router(service: PredictionService) -> APIRouter:
         summary="Score rows given as one named tensor per input column",
     )
     async def model_infer(request: Request, model_name: str) -> Response:
-        return await endpoint(request)
+        return await model_endpoint(request)
 
     @api.post(
         "/models/{model_name}/versions/{model_version}/infer",
@@ -320,7 +321,7 @@ def router(service: PredictionService) -> APIRouter:
         summary="Score rows with a given model version",
     )
     async def version_infer(request: Request, model_name: str, model_version: str) -> Response:
-        return await endpoint(request)
+        return await version_endpoint(request)
 
     return api
 

@@ -16,20 +16,24 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from tabml.contract import DataContract
 from tabml.features import FeatureTransform
 from tabml.model import ModelFileError, load_booster, predict_proba
 from tabml.model_metadata import ModelMetadata
 from tabml.serving.examples import example_records
-from tabml.serving.schemas import field_errors, record_model
+from tabml.serving.schemas import field_errors, record_dict, record_model
 
 CONTRACT_FILE = "contract.json"
 TRANSFORM_FILE = "feature_transform.json"
 MODEL_FILE = "model.txt"
 METADATA_FILE = "model_metadata.json"
 ARTIFACT_FILES = (CONTRACT_FILE, TRANSFORM_FILE, MODEL_FILE, METADATA_FILE)
+
+
+#: A validated request record: contract column → value (nullable columns may be absent).
+Record = dict[str, Any]
 
 
 class ArtifactError(ModelFileError):
@@ -115,10 +119,11 @@ class Predictor:
         if example is None:
             example = example_records(model.contract)[0]
         self.Record = record_model(model.contract, example)
-        self._one = TypeAdapter(self.Record)
+        record = record_dict(model.contract)
+        self._one = TypeAdapter(record)
         self._many = TypeAdapter(
-            Annotated[list[self.Record], Field(min_length=1, max_length=max_batch)]
-        )  # type: ignore[valid-type]
+            Annotated[list[record], Field(min_length=1, max_length=max_batch)]  # type: ignore[valid-type]
+        )
 
     # validation -------------------------------------------------------------------------
 
@@ -139,7 +144,7 @@ class Predictor:
             return RequestRejected(400, errors, count)
         return RequestRejected(422, errors, count)
 
-    def parse_json(self, body: bytes) -> list[BaseModel]:
+    def parse_json(self, body: bytes) -> list[Record]:
         """One JSON record (object) or a batch (array of objects) → validated records."""
         start = body.lstrip()[:1]
         try:
@@ -178,7 +183,7 @@ class Predictor:
             1,
         )
 
-    def parse_columns(self, columns: Mapping[str, Sequence[Any]], rows: int) -> list[BaseModel]:
+    def parse_columns(self, columns: Mapping[str, Sequence[Any]], rows: int) -> list[Record]:
         """Column-oriented input (OIP tensors) → validated records, errors by row and field."""
         if rows > self.max_batch:
             raise RequestRejected(
@@ -195,11 +200,12 @@ class Predictor:
 
     # prediction -------------------------------------------------------------------------
 
-    def encode(self, records: Sequence[BaseModel]) -> np.ndarray:
-        columns = {name: [getattr(r, name) for r in records] for name in self.feature_names}
+    def encode(self, records: Sequence[Record]) -> np.ndarray:
+        # an omitted (nullable) field is missing, like null
+        columns = {name: [r.get(name) for r in records] for name in self.feature_names}
         return self.model.transform.transform(columns)
 
-    def predict(self, records: Sequence[BaseModel]) -> np.ndarray:
+    def predict(self, records: Sequence[Record]) -> np.ndarray:
         """Probability of the positive class for each record, in order."""
         return predict_proba(self.model.booster, self.encode(records))
 
