@@ -16,6 +16,7 @@ import glob
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO_ROOT, command_env
+from tests.conftest import REPO_ROOT, clone_repo, command_env, run
 from tests.reproducibility.conftest import _free_port
 
 pytestmark = pytest.mark.slow
@@ -247,3 +248,40 @@ def test_run_and_registry_on_postgres_and_s3(
     with urllib.request.urlopen(f"{s3_endpoint}/{BUCKET}?list-type=2", timeout=10) as response:
         listing = response.read().decode()
     assert f"{run_id}/artifacts/model/model.txt" in listing
+
+
+def test_pipeline_trains_and_promotes_against_the_production_server(
+    tracking_server: str, s3_endpoint: str, tmp_path: Path
+) -> None:
+    """`python src/train.py` with only MLFLOW_TRACKING_URI set: the run, the registered version
+    and the champion alias land in PostgreSQL, the model artifacts in the bucket."""
+    from mlflow import MlflowClient
+
+    repo = clone_repo(tmp_path / "repo")
+    env = command_env(
+        MLFLOW_TRACKING_URI=tracking_server,
+        PYTHONPATH=str(repo / "src"),
+        DVC_NO_ANALYTICS="1",
+    )
+    # New tracking names change the register stage's params, so it runs even when the model
+    # itself is restored from DVC's run cache.
+    name = "tabml-adult-production"
+    overrides = [f"tracking.registered_model={name}", "tracking.experiment=production-profile"]
+    result = run([sys.executable, "src/train.py", "--no-push", *overrides], cwd=repo, env=env)
+    output = result.stdout + result.stderr
+    assert f"{name} v1 promoted to champion" in output, output
+
+    client = MlflowClient(tracking_server)
+    model = client.get_registered_model(name)
+    assert model.aliases.get("champion") == "1"
+    version = client.get_model_version(name, "1")
+    stored = client.get_run(version.run_id)
+    commit = run(["git", "rev-parse", "HEAD"], cwd=repo).stdout.strip()
+    assert commit in stored.data.tags.values()
+    # The registered model's files are in the bucket (a logged model `models:/m-...` in MLflow 3,
+    # else the run's artifacts).
+    with urllib.request.urlopen(f"{s3_endpoint}/{BUCKET}?list-type=2", timeout=10) as response:
+        keys = re.findall(r"<Key>([^<]+)</Key>", response.read().decode())
+    source = version.source.rstrip("/")
+    owner = source.split("/")[-1] if source.startswith("models:/") else version.run_id
+    assert any(owner in key and key.endswith("/MLmodel") for key in keys), (source, keys)
