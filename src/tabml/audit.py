@@ -34,7 +34,7 @@ def locked_outputs(lock_text: str) -> dict[tuple[str, str], str]:
     """(stage, output path) → md5, from the text of a dvc.lock file."""
     stages = yaml.safe_load(lock_text)["stages"]
     return {
-        (stage, out["path"]): out["md5"]
+        (stage, out["path"]): str(out["md5"])
         for stage, entry in stages.items()
         for out in entry.get("outs", [])
     }

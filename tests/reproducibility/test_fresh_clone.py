@@ -100,6 +100,7 @@ def test_data_versions_can_be_restored_exactly(trained_repo: Path, tmp_path: Pat
         "featurize",
         "train",
         "evaluate",
+        "register",
     ]
     assert "new data version" in result.stdout
     new_data = dir_md5(repo / "data")
@@ -130,11 +131,11 @@ def test_audit_report_flags_a_differing_output(trained_repo: Path) -> None:
     lock = (trained_repo / "dvc.lock").read_text()
     expected = locked_outputs(lock)
     model_md5 = expected[("train", "models/model.txt")]
-    tampered = locked_outputs(lock.replace(model_md5, "0" * 32))
+    tampered = locked_outputs(lock.replace(model_md5, "f" * 32))
 
     checks = compare(expected, tampered)
     bad = [c for c in checks if not c.ok]
-    assert [(c.stage, c.path, c.actual) for c in bad] == [("train", "models/model.txt", "0" * 32)]
+    assert [(c.stage, c.path, c.actual) for c in bad] == [("train", "models/model.txt", "f" * 32)]
 
     class Sink:
         text = ""
