@@ -155,21 +155,47 @@ def version_metric(client: MlflowClient, name: str, version: str, metric: str) -
     return None
 
 
-def register_with_gate(
-    client: MlflowClient, name: str, version: str, value: float, gate: GateConfig
+def apply_gate(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    value: float,
+    gate: GateConfig,
+    promote: bool = True,
+    context: str = "",
 ) -> GateDecision:
-    """Give a new version `candidate`, judge it, and make it `champion` only if the gate passes."""
+    """Judge `version` against the gate and the current champion, record the decision as tags
+    on the version, and make it `champion` if it passes (and `promote` is set)."""
     champion = current_alias(client, name, CHAMPION)
     champion_value = (
         version_metric(client, name, champion, gate.metric) if champion is not None else None
     )
     decision = evaluate_gate(value, gate, champion, champion_value)
-    for key, tag in decision.tags(gate).items():
+    tags = decision.tags(gate)
+    if decision.passed and not promote:
+        tags["gate.note"] = f"passed, champion not moved: {context}"
+    for key, tag in tags.items():
         client.set_model_version_tag(name, version, key, tag)
-    move_alias(client, name, CANDIDATE, version, "gate", "newly registered version")
-    if decision.passed:
-        move_alias(client, name, CHAMPION, version, "gate", "; ".join(decision.reasons))
+    if decision.passed and promote and champion != str(version):
+        reason = "; ".join(decision.reasons)
+        move_alias(
+            client, name, CHAMPION, version, "gate", f"{context}: {reason}" if context else reason
+        )
     return decision
+
+
+def register_with_gate(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    value: float,
+    gate: GateConfig,
+    promote: bool = True,
+    context: str = "",
+) -> GateDecision:
+    """Give a new version `candidate`, then `apply_gate`."""
+    move_alias(client, name, CANDIDATE, version, "gate", "newly registered version")
+    return apply_gate(client, name, version, value, gate, promote, context)
 
 
 def promote(

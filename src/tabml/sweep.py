@@ -25,9 +25,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tabml.config import ConfigError
+from tabml.config import ConfigError, Params
 
 METRICS_FILE = "reports/metrics.json"
+MODEL_FILE = "models/model.txt"
 PARAMS_FILE = "params.yaml"
 LOG_DIR = Path(".dvc/tmp")
 SHOWN_METRICS = ("roc_auc", "pr_auc", "log_loss", "best_iteration")
@@ -157,7 +158,12 @@ def experiment_results() -> dict[str, dict[str, Any]]:
                 data = rev.get("data") or {}
                 params = (data.get("params") or {}).get(PARAMS_FILE, {}).get("data", {})
                 metrics = (data.get("metrics") or {}).get(METRICS_FILE, {}).get("data", {})
-                results[rev["name"]] = {"params": params, "metrics": metrics.get("test", {})}
+                model = (data.get("outs") or {}).get(MODEL_FILE) or {}
+                results[rev["name"]] = {
+                    "params": params,
+                    "metrics": metrics.get("test", {}),
+                    "model_md5": model.get("hash"),
+                }
     return results
 
 
@@ -170,13 +176,15 @@ def summary_rows(
     """One row per experiment, best `metric` first, failed ones last."""
     rows = []
     for experiment in experiments:
-        metrics = results.get(experiment.name, {}).get("metrics", {})
+        result = results.get(experiment.name, {})
+        metrics = result.get("metrics", {})
         rows.append(
             {
                 "name": experiment.name,
                 "overrides": " ".join(experiment.overrides),
                 "status": status.get(experiment.name, "unknown"),
                 **{key: metrics.get(key) for key in dict.fromkeys((metric, *SHOWN_METRICS))},
+                "model_md5": result.get("model_md5"),
             }
         )
     return sorted(rows, key=lambda row: (row[metric] is None, -(row[metric] or 0.0)))
@@ -185,13 +193,42 @@ def summary_rows(
 def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no experiments)"
-    header = list(rows[0])
+    header = [key for key in rows[0] if key != "model_md5"]
     cells = [header] + [["-" if row[k] is None else str(row[k]) for k in header] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in cells
     )
+
+
+def promote_best(best: dict[str, Any], params: Params, prefix: str) -> str:
+    """Put the sweep's best model through the gate against the current champion.
+
+    Experiments in DVC's queue register their versions as candidates without promoting (they
+    finish in arbitrary order); this makes the best of them champion if it passes the gate.
+    """
+    from tabml import registry, tracking
+    from tabml.data import pinned_dir_md5
+
+    uri = tracking.resolve_tracking_uri(params.tracking.uri)
+    name = params.tracking.registered_model
+    client, experiment_id = tracking.connect(uri, params.tracking.experiment)
+    run_id = tracking.find_logged_run(
+        client, experiment_id, best["model_md5"], pinned_dir_md5(tracking.DATA_DVC)
+    )
+    version = client.get_run(run_id).data.tags.get("registered_version") if run_id else None
+    if version is None:
+        return f"{best['name']}: no registered version found in {uri}; champion unchanged"
+    if registry.current_alias(client, name, registry.CHAMPION) == version:
+        return f"{name} v{version} ({best['name']}) is already champion"
+    metric = params.gate.metric
+    decision = registry.apply_gate(
+        client, name, version, float(best[metric]), params.gate, context=f"best of {prefix}"
+    )
+    reasons = "".join(f"\n  - {reason}" for reason in decision.reasons)
+    verdict = "promoted to champion" if decision.passed else "not promoted (champion unchanged)"
+    return f"{name} v{version} ({best['name']}), best of the sweep: {verdict}{reasons}"
 
 
 def run_sweep(overrides: list[str], jobs: int = 1) -> int:
@@ -225,6 +262,8 @@ def run_sweep(overrides: list[str], jobs: int = 1) -> int:
     for name in failed:
         print(f"{name} failed: see `dvc queue logs {name}`")
     best = next((row for row in rows if row["status"] == "Success"), None)
+    if best is not None and best["model_md5"]:
+        print(promote_best(best, params[0], prefix))
     if best is not None:
         print(
             f"\nbest: {best['name']} ({metric} {best[metric]}). Apply it to the workspace with\n"

@@ -73,6 +73,11 @@ def repo_root(start: Path | None = None) -> Path:
     return path
 
 
+def in_experiment_workspace() -> bool:
+    """Whether this runs in one of DVC's queued or `--temp` experiment workspaces."""
+    return Path.cwd().resolve() != repo_root()
+
+
 def resolve_tracking_uri(configured: str | None, root: Path | None = None) -> str:
     """MLFLOW_TRACKING_URI, else `tracking.uri` from params, else sqlite:///<repo root>/mlflow.db.
 
@@ -275,13 +280,15 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     return client, client.create_experiment(experiment, artifact_location(uri))
 
 
-def find_logged_run(client: MlflowClient, experiment_id: str, lineage: Lineage) -> str | None:
+def find_logged_run(
+    client: MlflowClient, experiment_id: str, model_md5: str, data_md5: str
+) -> str | None:
     """The id of a finished run that already holds this model trained on this data, if any."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=(
-            f"tags.{TAG_MODEL_MD5} = '{lineage.model_md5}' "
-            f"and tags.{TAG_DATA_MD5} = '{lineage.data_md5}' "
+            f"tags.{TAG_MODEL_MD5} = '{model_md5}' "
+            f"and tags.{TAG_DATA_MD5} = '{data_md5}' "
             "and attributes.status = 'FINISHED'"
         ),
         max_results=1,

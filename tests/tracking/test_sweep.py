@@ -89,3 +89,20 @@ def test_sweep_of_five_runs_matches_dvc_exp_show_and_mlflow(repo_copy: Path) -> 
         assert mlflow_run.data.tags["git_commit"] == mlflow_run.data.tags["dvc_exp_baseline_rev"]
     # Experiments ran in DVC's temporary workspaces; nothing was logged inside them.
     assert not list((repo_copy / ".dvc" / "tmp").rglob("mlflow.db"))
+
+    # Each registered a candidate without promoting itself; the best became champion at the end
+    # (this store had none), in one alias move.
+    version_of = {
+        r.data.tags["dvc_exp_name"]: r.data.tags["registered_version"] for r in mlflow_runs
+    }
+    model = client.get_registered_model("tabml-adult")
+    assert str(model.aliases["champion"]) == version_of[names[0]]  # SQLite gives an int
+    assert f"tabml-adult v{version_of[names[0]]} ({names[0]}), best of the sweep: promoted" in (
+        result.stdout
+    )
+    history = [json.loads(v) for k, v in sorted(model.tags.items()) if k.startswith("alias_")]
+    champion_moves = [move for move in history if move["alias"] == "champion"]
+    assert len(champion_moves) == 1 and f"best of {prefix}" in champion_moves[0]["reason"]
+    for name in names[1:]:
+        note = client.get_model_version("tabml-adult", version_of[name]).tags["gate.note"]
+        assert note.startswith("passed, champion not moved: run in a DVC experiment workspace")

@@ -20,6 +20,10 @@ from tabml.config import PARAMS_FILE, load_params
 from tabml.stages._runner import run_stage
 
 MODEL_NAME = "model"
+DEFERRED = (
+    "run in a DVC experiment workspace; a sweep promotes its best version at the end, "
+    "or use `tabml-registry promote`"
+)
 
 
 def main() -> None:
@@ -47,7 +51,9 @@ def main() -> None:
         from tabml.pyfunc_model import log_pyfunc_model
     with watch.time("connect"):
         client, experiment_id = tracking.connect(uri, params.tracking.experiment)
-        existing = tracking.find_logged_run(client, experiment_id, lineage)
+        existing = tracking.find_logged_run(
+            client, experiment_id, lineage.model_md5, lineage.data_md5
+        )
     if existing:
         print(
             f"model {lineage.model_md5} on data {lineage.data_md5} is already logged as run "
@@ -56,6 +62,9 @@ def main() -> None:
         return
 
     name = params.tracking.registered_model
+    # Queued experiments finish in arbitrary order; each promoting itself would leave the last
+    # one that passed as champion, not the best. The sweep promotes its best at the end.
+    promote = not tracking.in_experiment_workspace()
     metric = params.gate.metric
     value = float(json.loads(files.metrics.read_text())["test"][metric])
     with mlflow.start_run(
@@ -69,10 +78,17 @@ def main() -> None:
         with watch.time("register"):
             info = log_pyfunc_model(files.models, MODEL_NAME, name)
             version = str(info.registered_model_version)
-            decision = registry.register_with_gate(client, name, version, value, params.gate)
+            decision = registry.register_with_gate(
+                client, name, version, value, params.gate, promote, DEFERRED
+            )
             mlflow.set_tags(decision.tags(params.gate) | {"registered_version": version})
 
-    verdict = "promoted to champion" if decision.passed else "stays candidate (champion unchanged)"
+    if decision.passed and promote:
+        verdict = "promoted to champion"
+    elif decision.passed:
+        verdict = f"stays candidate: {DEFERRED}"
+    else:
+        verdict = "stays candidate (champion unchanged)"
     print(f"logged run {run_id} to {uri}")
     print(f"registered {name} v{version}: gate {'passed' if decision.passed else 'failed'}")
     for reason in decision.reasons:
