@@ -76,7 +76,7 @@ def print_versions(client, name: str) -> None:
         rows.append(
             (
                 f"v{version.version}",
-                ",".join(aliases_of.get(version.version, [])) or "-",
+                ",".join(aliases_of.get(str(version.version), [])) or "-",
                 tags.get("gate.decision", "-"),
                 f"{metric} {tags['gate.value']}" if "gate.value" in tags else "-",
                 _when(version.creation_timestamp),

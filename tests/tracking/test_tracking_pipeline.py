@@ -139,6 +139,11 @@ def test_one_run_per_retrain_none_for_noop_or_run_cache_restore(repo_copy: Path)
     # Artifacts stay next to the store, not in a workspace DVC may delete.
     assert (repo_copy / "mlartifacts").is_dir()
 
+    # Both models were registered; the default one (better) is champion.
+    listing = registry_cli(repo_copy, "list").stdout.splitlines()
+    rows = {line.split()[0]: line.split()[1:3] for line in listing[1:]}
+    assert rows == {"v1": ["-", "passed"], "v2": ["candidate,champion", "passed"]}
+
 
 def test_gate_registry_cli_and_rollback_against_a_real_server(
     repo_copy: Path, mlflow_server: str
