@@ -56,18 +56,20 @@ ROTATING_RECORDS = 200
 MODEL_NAME = "tabml-bench"
 
 LUA = r"""
-local bodies = {}
+-- POST bodies from a file (one JSON body per line), formatted once, sent in rotation.
+local requests = {}
 local n = 0
 local i = 0
 init = function(args)
+  local headers = {["Content-Type"] = "application/json"}
   for line in io.lines(args[1]) do
     n = n + 1
-    bodies[n] = line
+    requests[n] = wrk.format("POST", nil, headers, line)
   end
 end
 request = function()
   i = i % n + 1
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json"}, bodies[i])
+  return requests[i]
 end
 done = function(summary, latency, requests)
   local e = summary.errors

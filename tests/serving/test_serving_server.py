@@ -99,8 +99,9 @@ def test_json_logs_with_request_ids(server: Any, test_set: Any) -> None:
     assert all(line.startswith("{") for line in lines), lines[:5]  # uvicorn's lines too
 
 
-def test_metrics_and_metadata_over_http(server: Any) -> None:
+def test_metrics_and_metadata_over_http(server: Any, test_set: Any) -> None:
     with httpx.Client(base_url=server.url) as http:
+        assert http.post("/predict", json=test_set.records[7]).status_code == 200
         text = http.get("/metrics").text
         meta = http.get("/metadata").json()
     assert 'tabml_http_requests_total{method="POST",route="/predict",status="200"}' in text

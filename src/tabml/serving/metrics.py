@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from prometheus_client import (
@@ -94,13 +95,22 @@ class ServiceMetrics:
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 registry.register(collector)
         self._score_bounds = np.asarray(self.scores._upper_bounds)
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def set_model(self, name: str, version: str, md5: str, lightgbm_version: str) -> None:
         self.model_info.labels(name, version, md5, lightgbm_version).set(1)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:  # labels are bounded: route templates, methods, status codes
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, rows: int) -> None:
         """One prediction request of `rows` records."""
