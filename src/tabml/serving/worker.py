@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
+
+from tabml.lean_imports import hide_optional_libraries
 
 #: Optional LightGBM integrations the service never uses.
 UNUSED_OPTIONAL_LIBRARIES = ("pandas", "sklearn", "pyarrow")
@@ -22,10 +23,7 @@ def prepare_process() -> None:
     """Call first thing in a service process (before LightGBM is imported)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if "lightgbm" not in sys.modules:
-        for name in UNUSED_OPTIONAL_LIBRARIES:
-            if name not in sys.modules:
-                sys.modules[name] = None  # type: ignore[assignment]  # import → ImportError
+    hide_optional_libraries(*UNUSED_OPTIONAL_LIBRARIES)
 
 
 def freeze_loaded_objects() -> None:

@@ -6,6 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+from tabml.lean_imports import optional_libraries_hidden
+
+# Scoring needs numpy and scikit-learn's metrics, not pandas: skip LightGBM's pandas import.
+with optional_libraries_hidden("pandas"):
+    import lightgbm  # noqa: F401  (loaded lean here, then used through tabml.model)
+
 from tabml import evaluation
 from tabml.atomic import write_text_atomic
 from tabml.columnar import read_columns
