@@ -165,7 +165,11 @@ def apply_gate(
     context: str = "",
 ) -> GateDecision:
     """Judge `version` against the gate and the current champion, record the decision as tags
-    on the version, and make it `champion` if it passes (and `promote` is set)."""
+    on the version, and make it `champion` if it passes and `promote` is set.
+
+    `context` says why: it prefixes the alias-history reason of a promotion, and explains in
+    `gate.note` why a version that passed was not promoted.
+    """
     champion = current_alias(client, name, CHAMPION)
     champion_value = (
         version_metric(client, name, champion, gate.metric) if champion is not None else None

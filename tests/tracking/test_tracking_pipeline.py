@@ -204,6 +204,8 @@ def test_gate_registry_cli_and_rollback_against_a_real_server(
         ["v2", "->", "v1"],
     ]
     assert any("incident 42" in line for line in history)
+    first_champion = next(line for line in history if " champion " in line)
+    assert first_champion.endswith("roc_auc 0.926416 >= minimum 0.91; no current champion")
 
     # A no-op logs nothing, on the server too.
     noop = train(repo_copy, *names, "model.learning_rate=0.1", uri=mlflow_server)

@@ -79,7 +79,7 @@ def main() -> None:
             info = log_pyfunc_model(files.models, MODEL_NAME, name)
             version = str(info.registered_model_version)
             decision = registry.register_with_gate(
-                client, name, version, value, params.gate, promote, DEFERRED
+                client, name, version, value, params.gate, promote, "" if promote else DEFERRED
             )
             mlflow.set_tags(decision.tags(params.gate) | {"registered_version": version})
 
