@@ -61,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="seconds an idle keep-alive connection stays open (default 5)",
     )
+    parser.add_argument(
+        "--limit-concurrency",
+        type=int,
+        help="most connections and tasks at once per worker; beyond it requests get a fast 503 "
+        "instead of queueing (default: unlimited)",
+    )
+    parser.add_argument(
+        "--timeout-graceful-shutdown",
+        type=int,
+        default=30,
+        help="on SIGTERM, seconds to let in-flight requests finish before closing (default 30)",
+    )
     parser.add_argument("--model-dir", help="artifacts directory (default models/)")
     parser.add_argument("--dvc-lock", help="dvc.lock to check artifact md5 against")
     parser.add_argument("--metrics-file", help="test metrics for /metadata")
@@ -128,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "loop": args.loop,
         "lifespan": "on",
         "timeout_keep_alive": args.timeout_keep_alive,
+        "limit_concurrency": args.limit_concurrency,
+        "timeout_graceful_shutdown": args.timeout_graceful_shutdown,
         "server_header": False,
     }
     try:
