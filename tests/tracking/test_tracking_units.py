@@ -63,6 +63,18 @@ def test_tracking_uri_defaults_to_absolute_sqlite_at_the_repo_root(
     assert tracking.resolve_tracking_uri("http://mlflow:5000") == "http://override:5000"
 
 
+def test_experiment_workspaces_are_told_apart_from_the_repo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "tmpabc123"
+    workspace.mkdir(parents=True)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # what DVC sets for a queued experiment
+    monkeypatch.chdir(workspace)
+    assert tracking.in_experiment_workspace()
+    monkeypatch.chdir(tmp_path)
+    assert not tracking.in_experiment_workspace()
+
+
 def test_sqlite_experiments_keep_artifacts_next_to_the_store() -> None:
     assert tracking.artifact_location("sqlite:////srv/p/mlflow.db") == "file:///srv/p/mlartifacts"
     assert tracking.artifact_location("http://127.0.0.1:5000") is None
