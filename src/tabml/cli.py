@@ -56,7 +56,12 @@ def build_parser(usage: str | None) -> argparse.ArgumentParser:
 
 def main(argv: list[str], usage: str | None = None) -> int:
     args = build_parser(usage).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # DVC prints its own progress through its own handler; only this package's loggers need one.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package_log = logging.getLogger("tabml")
+    package_log.addHandler(handler)
+    package_log.setLevel(logging.INFO)
     if args.verify:
         from tabml.audit import run_audit
 

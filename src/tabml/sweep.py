@@ -16,7 +16,6 @@ tracked files): commit new files first.
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
 import time
@@ -63,25 +62,6 @@ def expand(overrides: list[str]) -> list[list[str]]:
 class Experiment:
     name: str
     overrides: list[str]
-
-
-def site_cache_env() -> dict[str, str]:
-    """Pin DVC's site cache to an absolute path for the queue's workers.
-
-    A relative `core.site_cache_dir` is resolved against the working directory, which DVC
-    changes to the experiment's temporary workspace, where the state database does not exist;
-    DVC_SITE_CACHE_DIR takes precedence over the config and is inherited by the workers.
-    """
-    from dvc.repo import Repo
-
-    if os.environ.get("DVC_SITE_CACHE_DIR"):
-        return {}
-    with Repo() as repo:
-        configured = repo.config["core"].get("site_cache_dir")
-        root = Path(repo.root_dir)
-    if configured is None or Path(configured).is_absolute():
-        return {}
-    return {"DVC_SITE_CACHE_DIR": str((root / configured).resolve())}
 
 
 def queue(combinations: list[list[str]], prefix: str) -> list[Experiment]:
@@ -248,7 +228,6 @@ def run_sweep(overrides: list[str], jobs: int = 1) -> int:
     metric = params[0].gate.metric
     prefix = f"sweep-{datetime.now():%Y%m%d-%H%M%S}"
     print(f"sweep {prefix}: {len(combinations)} experiment(s), {jobs} worker(s)")
-    os.environ.update(site_cache_env())
     started = time.monotonic()
     experiments = queue(combinations, prefix)
     log_file = LOG_DIR / f"{prefix}.log"
