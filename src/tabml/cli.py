@@ -75,7 +75,10 @@ def main(argv: list[str], usage: str | None = None) -> int:
         if changed:
             print("params.yaml updated")
         # A tracking server that does not answer fails the run here, not after training.
-        check_reachable(resolve_tracking_uri(params.tracking.uri))
+        check_reachable(
+            resolve_tracking_uri(params.tracking.uri),
+            require_server=params.tracking.require_server,
+        )
         source = pipeline.ensure_data(params)
         if source != "workspace":
             print(f"data: {source}")

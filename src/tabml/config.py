@@ -84,6 +84,8 @@ class TrackingConfig(_Section):
     uri: str | None = None
     experiment: str = Field(min_length=1)
     registered_model: str = Field(min_length=1)
+    # Refuse a local store (the production profile: runs must reach the shared server).
+    require_server: bool = False
 
 
 # Test metrics (reports/metrics.json) where higher is better: the ones a gate may compare.

@@ -92,13 +92,19 @@ def resolve_tracking_uri(configured: str | None, root: Path | None = None) -> st
     return uri
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
+def check_reachable(uri: str, *, require_server: bool = False, timeout: float = 5.0) -> None:
     """Fail fast, without importing MLflow, when a tracking server does not answer.
 
     Only http(s) URIs are checked (`GET <uri>/health`, which `mlflow server` answers). Any HTTP
     answer below 500 counts as reachable: authentication is MLflow's business, not this check's.
+    With `require_server` (the production profile), a local store is refused outright.
     """
     if urlsplit(uri).scheme not in ("http", "https"):
+        if require_server:
+            raise TrackingUnavailableError(
+                f"this profile needs a shared MLflow tracking server (tracking.require_server), "
+                f"but runs would go to {uri}. Set MLFLOW_TRACKING_URI=http(s)://<server>."
+            )
         return
     import urllib.error
     import urllib.request

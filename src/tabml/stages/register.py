@@ -39,7 +39,7 @@ def main() -> None:
     raw_params = yaml.safe_load(PARAMS_FILE.read_text())
     files = tracking.RunFiles(args.models, args.metrics, args.plots, args.curves, args.features)
     uri = tracking.resolve_tracking_uri(params.tracking.uri)
-    tracking.check_reachable(uri)
+    tracking.check_reachable(uri, require_server=params.tracking.require_server)
     lineage = tracking.collect_lineage(files.model_file, params.dataset.name, raw_params)
     watch = tracking.Stopwatch()
 
