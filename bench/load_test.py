@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,10 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.processes import background_process, free_port  # noqa: E402
+
 RESULTS = REPO_ROOT / "bench" / "results" / "load.json"
 PREPARED_TEST = REPO_ROOT / "artifacts" / "prepared" / "test.parquet"
 BATCH_ROWS = 100
@@ -68,12 +71,6 @@ done = function(summary, latency, requests)
     latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------- memory
@@ -171,43 +168,22 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _get(url: str, timeout: float = 2.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 @contextlib.contextmanager
 def server(command: list[str], cwd: Path, log: Path, timeout: float = 90.0) -> Iterator[Any]:
-    """Run `command` (which must listen on the port in its URL); yield once /ready answers 200."""
-    port = command[command.index("--port") + 1]
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            command, cwd=cwd, env=_child_env(), stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        ready = 0
-        while ready < 10:  # several answers in a row: every worker has had the chance to start
-            if process.poll() is not None:
-                raise SystemExit(f"server exited {process.returncode}:\n{log.read_text()}")
-            with contextlib.suppress(OSError):
-                ready = ready + 1 if _get(f"{url}/ready") == 200 else 0
-            if time.monotonic() > deadline:
-                raise SystemExit(f"server not ready after {timeout} s:\n{log.read_text()}")
-            time.sleep(0.1 if ready else 0.2)
+    """Run `command` (which must listen on the port in its URL); yield once /ready answers 200
+    ten times in a row, so every worker has had the chance to start."""
+    url = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
+    with background_process(
+        command,
+        log=log,
+        ready_url=f"{url}/ready",
+        cwd=cwd,
+        env=_child_env(),
+        timeout=timeout,
+        consecutive=10,
+    ) as process:
         process.url = url  # type: ignore[attr-defined]
         yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # ---------------------------------------------------------------------------------------- bodies

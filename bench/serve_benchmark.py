@@ -34,7 +34,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,10 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.processes import free_port  # noqa: E402
+
 RESULTS = REPO / "bench" / "results" / "serve.json"
 ARTIFACTS = ("contract.json", "feature_transform.json", "model.txt", "model_metadata.json")
 BATCH_ROWS = 1000
@@ -134,12 +137,6 @@ def load_data(root: Path) -> Data:
 
 
 # Processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tree_rss_mb(pid: int) -> float:

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import numpy as np
 import pytest
 import yaml
 from tests.conftest import REPO_ROOT
+from tests.processes import free_port
 
 BUILD_SCRIPT = REPO_ROOT / "docker" / "build-image.sh"
 VERIFY_SCRIPT = REPO_ROOT / "docker" / "verify_artifacts.py"
@@ -129,12 +129,6 @@ def locked_md5(path: str, root: Path = REPO_ROOT) -> str:
     stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     (md5,) = {o["md5"] for s in stages.values() for o in s.get("outs", []) if o["path"] == path}
     return md5
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:

@@ -11,7 +11,6 @@ through the server, and checked at the source (rows in PostgreSQL, the object in
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import os
@@ -21,14 +20,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.conftest import REPO_ROOT, clone_repo, command_env, run
-from tests.reproducibility.conftest import _free_port
+from tests.processes import background_process, free_port
+from tests.tracking.conftest import mlflow_server_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +82,7 @@ def postgres_url() -> Iterator[str]:
         user = pwd.getpwnam("postgres")
         os.chown(root, user.pw_uid, user.pw_gid)
         os.chown(pwfile, user.pw_uid, user.pw_gid)
-    port = _free_port()
+    port = free_port()
 
     def pg(*args: str) -> None:
         result = subprocess.run([*prefix, *args], capture_output=True, text=True, check=False)
@@ -137,52 +136,16 @@ def tracking_server(
     """
     assert f":{PASSWORD}@" in postgres_url
     backend_store = postgres_url.replace(f":{PASSWORD}@", "@")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        backend_store,
-        "--artifacts-destination",
-        f"s3://{BUCKET}/mlflow",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            command,
-            env=command_env(PGPASSWORD=PASSWORD, **s3_env(s3_endpoint)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120  # creating the schema runs every migration
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{url}/health", timeout=2) as response,
-            ):
-                if response.status == 200:
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mlflow server did not start:\n{log.read_text()}")
-            time.sleep(0.5)
+    with background_process(
+        mlflow_server_cmd(backend_store, f"s3://{BUCKET}/mlflow", port),
+        log=tmp_path_factory.mktemp("mlflow-server") / "server.log",
+        ready_url=f"{url}/health",
+        env=command_env(PGPASSWORD=PASSWORD, **s3_env(s3_endpoint)),
+        timeout=120,  # creating the schema runs every migration
+    ):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def test_run_and_registry_on_postgres_and_s3(

@@ -8,16 +8,14 @@ because its boto3 conflicts with the aiobotocore that dvc-s3 uses.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.conftest import REPO_ROOT, run
+from tests.processes import background_process, free_port
 
 MOTO_VENV = Path(os.environ.get("TABML_MOTO_VENV", Path.home() / ".cache" / "tabml" / "moto-venv"))
 
@@ -36,36 +34,17 @@ def _moto_server_binary() -> Path:
     return binary
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a running moto S3 server on loopback with the bucket `tabml-test` created."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [str(_moto_server_binary()), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                request = urllib.request.Request(f"{endpoint}/tabml-test", method="PUT")
-                urllib.request.urlopen(request, timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError(f"moto server did not start:\n{log.read_text()}") from None
-                time.sleep(0.2)
+    with background_process(
+        [str(_moto_server_binary()), "-H", "127.0.0.1", "-p", str(port)],
+        log=tmp_path_factory.mktemp("moto") / "server.log",
+        ready_url=f"{endpoint}/",  # S3 ListBuckets
+        timeout=30,
+    ):
+        request = urllib.request.Request(f"{endpoint}/tabml-test", method="PUT")
+        urllib.request.urlopen(request, timeout=10).close()
         yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=10)

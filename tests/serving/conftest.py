@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
+from tests.processes import background_process, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = REPO_ROOT / "models"
@@ -134,12 +133,6 @@ def test_set(workspace: Workspace) -> TestSet:
     return TestSet(records, probabilities)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def child_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
@@ -170,34 +163,16 @@ def serve(workspace: Workspace, *options: str, timeout: float = 60.0) -> Iterato
     """`tabml-serve` in its own process on a free loopback port; yields once /ready is 200."""
     port = free_port()
     log = workspace.root / f"serve-{port}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [*SERVE, "--port", str(port), *options],
-            cwd=workspace.root,
-            env=child_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(f"http://127.0.0.1:{port}", process, log)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited {process.returncode}:\n{log.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not ready after {timeout} s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    url = f"http://127.0.0.1:{port}"
+    with background_process(
+        [*SERVE, "--port", str(port), *options],
+        log=log,
+        ready_url=f"{url}/ready",
+        cwd=workspace.root,
+        env=child_env(),
+        timeout=timeout,
+    ) as process:
+        yield Server(url, process, log)
 
 
 def run_serve(workspace: Workspace, *options: str) -> subprocess.CompletedProcess[str]:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from tests.processes import background_process, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -70,67 +68,43 @@ def test_pyfunc_in_process_equals_offline(registry: Any, test_set: Any) -> None:
     np.testing.assert_array_equal(model.predict(frame), test_set.probabilities[ROWS])
 
 
+def mlflow_models_serve_cmd(model_uri: str, port: int) -> list[str]:
+    """`mlflow models serve` as a user runs it (also the peer in bench/serve_benchmark.py)."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
+
+
 @contextlib.contextmanager
 def mlflow_serve(tracking_uri: str, workdir: Path) -> Iterator[str]:
-    with socket_port() as port:
-        pass
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = tracking_uri
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    log = workdir / "mlflow-serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "models",
-                "serve",
-                "-m",
-                f"models:/{MODEL_NAME}@champion",
-                "--env-manager",
-                "local",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-w",
-                "1",
-            ],
-            cwd=workdir,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # mlflow execs uvicorn as a child: stop the whole group
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    with background_process(
+        mlflow_models_serve_cmd(f"models:/{MODEL_NAME}@champion", port),
+        log=workdir / "mlflow-serve.log",
+        ready_url=f"{url}/ping",
+        cwd=workdir,
+        env=env,
+        timeout=120,
+    ):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@contextlib.contextmanager
-def socket_port() -> Iterator[int]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 def test_mlflow_models_serve_answers_raw_records(

@@ -7,25 +7,14 @@ retrained; only what a test changes actually trains.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.conftest import PYTHON, REPO_ROOT, clone_repo, command_env, run
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.processes import background_process, free_port
 
 
 def tracking_env(repo: Path, uri: str | None = None, **extra: str) -> dict[str, str]:
@@ -84,20 +73,15 @@ def repo_copy(tracking_template: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tracking_template, tmp_path / "repo", symlinks=True))
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on a free loopback port (SQLite backend, proxied artifacts)."""
-    home = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
-    cmd = [
+def mlflow_server_cmd(backend_store: str, artifacts: str, port: int) -> list[str]:
+    """`mlflow server` with proxied artifacts, as docs/PRODUCTION.md runs it (one worker)."""
+    return [
         str(Path(PYTHON).parent / "mlflow"),
         "server",
         "--backend-store-uri",
-        f"sqlite:///{home}/server.db",
+        backend_store,
         "--artifacts-destination",
-        str(home / "artifacts"),
+        artifacts,
         "--host",
         "127.0.0.1",
         "--port",
@@ -105,30 +89,21 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--workers",
         "1",
     ]
-    env = command_env()
-    # Its own process group: the server's uvicorn and job-runner children stop with it.
-    server = subprocess.Popen(
-        cmd, cwd=home, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"mlflow server did not start:\n{(home / 'server.log').read_text()}"
-                    ) from None
-                time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port (SQLite backend, proxied artifacts)."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    cmd = mlflow_server_cmd(f"sqlite:///{home}/server.db", str(home / "artifacts"), port)
+    with background_process(
+        cmd,
+        log=home / "server.log",
+        ready_url=f"{uri}/health",
+        cwd=home,
+        env=command_env(),
+        timeout=180,
+    ):
         yield uri
-    finally:
-        # uvicorn's graceful shutdown waits for idle keep-alive clients; a test server need not.
-        os.killpg(server.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=3)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-        log.close()

@@ -15,7 +15,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.models import get_model_info
 from tests.conftest import PYTHON, run
-from tests.tracking.conftest import free_port, registry_cli, tracking_env, train
+from tests.processes import free_port
+from tests.tracking.conftest import registry_cli, tracking_env, train
 
 from tabml.data import file_md5, pinned_dir_md5
 from tabml.tracking import flatten

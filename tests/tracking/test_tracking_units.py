@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.tracking.conftest import free_port
+from tests.processes import free_port
 
 from tabml import registry, sweep, tracking
 from tabml.config import ConfigError, GateConfig
