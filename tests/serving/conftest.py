@@ -30,16 +30,6 @@ VENV_BIN = Path(sys.executable).parent
 SERVE = [sys.executable, "-m", "tabml.serving.cli"]
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if (MODELS / "model.txt").is_file() and PREPARED_TEST.is_file():
-        return
-    skip = pytest.mark.skip(reason="no trained model: run `python src/train.py` first")
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(item.fspath).parents:
-            item.add_marker(skip)
-
-
 @dataclass(frozen=True)
 class Workspace:
     """A directory laid out like the repository root, as far as serving is concerned."""
@@ -103,7 +93,8 @@ def _snapshot(dest: Path) -> Workspace:
 
 
 @pytest.fixture(scope="session")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+def workspace(tmp_path_factory: pytest.TempPathFactory, pipeline_outputs: Path) -> Workspace:
+    """A frozen copy of the artifacts, taken after the session's pipeline run produced them."""
     return _snapshot(tmp_path_factory.mktemp("serving") / "repo")
 
 
