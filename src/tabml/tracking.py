@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from tabml.data import file_md5, pinned_dir_md5
+from tabml.environment import environment, package_version
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -226,8 +226,7 @@ def collect_lineage(model_file: Path, dataset: str, raw_params: Mapping[str, Any
         TAG_DATA_MD5: data_md5,
         TAG_PARAMS_MD5: params_md5(raw_params),
         "dataset": dataset,
-        "python_version": sys.version.split()[0],
-        **{f"package.{name}": _version(name) for name in KEY_PACKAGES},
+        **environment(KEY_PACKAGES),
         **git_lineage(),
     }
     if os.environ.get("DVC_EXP_NAME"):
@@ -235,13 +234,6 @@ def collect_lineage(model_file: Path, dataset: str, raw_params: Mapping[str, Any
     if os.environ.get("DVC_EXP_BASELINE_REV"):
         tags["dvc_exp_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
     return Lineage(model_md5, data_md5, tags)
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 @dataclass
@@ -343,7 +335,7 @@ def log_lightgbm_model(model_file: Path, feature_names: list[str], example_file:
         name="lightgbm",
         signature=signature,
         input_example=example,
-        pip_requirements=[f"{name}=={_version(name)}" for name in MODEL_PACKAGES],
+        pip_requirements=[f"{name}=={package_version(name)}" for name in MODEL_PACKAGES],
     )
 
 

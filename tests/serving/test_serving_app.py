@@ -135,6 +135,12 @@ def test_metadata_reports_provenance(client: Any, workspace: Any) -> None:
     assert meta["test_metrics"]["rows"] == 16281
     assert "age" in meta["input_schema"]["properties"]
     assert meta["policy"]["nullable_fields"] == ["workclass", "occupation", "native_country"]
+    import platform
+
+    import lightgbm
+
+    assert meta["environment"]["python_version"] == platform.python_version()
+    assert meta["environment"]["package.lightgbm"] == lightgbm.__version__
 
 
 def test_metrics_exposition(workspace: Any, test_set: Any) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
+from tabml.environment import environment
 from tabml.serving import provenance
 from tabml.serving.batching import MicroBatcher
 from tabml.serving.examples import example_records
@@ -63,6 +64,10 @@ def load_verified_model(
                 check.expected_md5,
             )
     return TrainedModel.load(settings.model_dir), checks, lock
+
+
+# Packages whose versions decide what the service computes, reported by /metadata.
+SERVING_PACKAGES = ("lightgbm", "numpy", "scipy", "fastapi", "pydantic", "uvicorn")
 
 
 @dataclass
@@ -205,6 +210,8 @@ class PredictionService:
             },
             "data": {"md5": self.lock.inputs if self.lock else None},
             "git_commit": self.git_commit,
+            # The serving process's own environment (the training one is on the MLflow run).
+            "environment": environment(SERVING_PACKAGES),
             "test_metrics": self.test_metrics,
             "input_schema": self.predictor.Record.model_json_schema(),
             "policy": {
