@@ -44,6 +44,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from tests.artifacts import snapshot_serving_artifacts  # noqa: E402
 from tests.processes import background_process, free_port  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "load.json"
@@ -127,35 +128,6 @@ def memory(root: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------- server
-
-
-def snapshot_workspace(dest: Path) -> Path:
-    """models/, dvc.lock and the test metrics, copied and checked against that dvc.lock."""
-    sys.path.insert(0, str(REPO_ROOT / "src"))
-    from tabml.serving.predictor import ARTIFACT_FILES
-    from tabml.serving.provenance import ArtifactIntegrityError, verify_artifacts
-
-    error: Exception | None = None
-    for _ in range(30):
-        shutil.rmtree(dest, ignore_errors=True)
-        (dest / "models").mkdir(parents=True)
-        (dest / "reports").mkdir()
-        try:
-            for name in ARTIFACT_FILES:
-                shutil.copy2(REPO_ROOT / "models" / name, dest / "models" / name)
-            shutil.copy2(REPO_ROOT / "dvc.lock", dest / "dvc.lock")
-            with contextlib.suppress(FileNotFoundError):
-                shutil.copy2(REPO_ROOT / "reports" / "metrics.json", dest / "reports")
-            verify_artifacts(
-                [dest / "models" / n for n in ARTIFACT_FILES],
-                dest / "dvc.lock",
-                allow_mismatch=False,
-            )
-            return dest
-        except (OSError, ArtifactIntegrityError) as exc:  # a pipeline run is rewriting them
-            error = exc
-            time.sleep(2)
-    raise SystemExit(f"models/ never matched dvc.lock (run `python src/train.py`): {error}")
 
 
 def _child_env() -> dict[str, str]:
@@ -306,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="tabml-load-") as tmp:
         tmp_path = Path(tmp)
-        workspace = snapshot_workspace(tmp_path / "repo")
+        workspace = snapshot_serving_artifacts(tmp_path / "repo")
         script = tmp_path / "post.lua"
         script.write_text(LUA)
         payloads = bodies(workspace, tmp_path)

@@ -50,10 +50,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.artifacts import snapshot_serving_artifacts  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "serve.json"
-ARTIFACTS = ("contract.json", "feature_transform.json", "model.txt", "model_metadata.json")
 BATCH_ROWS = 1000
 ROTATING_RECORDS = 200
 MODEL_NAME = "tabml-bench"
@@ -94,30 +94,6 @@ class Data:
     probabilities: np.ndarray
     transform: Any
     booster: Any
-
-
-def snapshot(dest: Path) -> Path:
-    """models/ + dvc.lock copied and verified, so a pipeline run cannot swap the model mid-run."""
-    from tabml.serving.provenance import verify_artifacts
-
-    for _ in range(30):
-        shutil.rmtree(dest, ignore_errors=True)
-        (dest / "models").mkdir(parents=True)
-        for name in ARTIFACTS:
-            shutil.copy2(REPO / "models" / name, dest / "models" / name)
-        shutil.copy2(REPO / "dvc.lock", dest / "dvc.lock")
-        if (REPO / "reports" / "metrics.json").is_file():
-            (dest / "reports").mkdir()
-            shutil.copy2(REPO / "reports" / "metrics.json", dest / "reports")
-        try:
-            verify_artifacts(
-                [dest / "models" / n for n in ARTIFACTS], dest / "dvc.lock", allow_mismatch=False
-            )
-            return dest
-        except Exception as exc:  # a pipeline run is rewriting models/: wait
-            print(f"waiting for a consistent models/: {exc}", file=sys.stderr)
-            time.sleep(2)
-    raise SystemExit("models/ never matched dvc.lock")
 
 
 def load_data(root: Path) -> Data:
@@ -401,7 +377,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="tabml-serve-bench-"))
     try:
-        root = snapshot(workdir / "repo")
+        root = snapshot_serving_artifacts(workdir / "repo")
         data = load_data(root)
         tracking_uri = log_pyfunc(root)
         results = run(root, data, tracking_uri, args)

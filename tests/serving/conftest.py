@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.artifacts import snapshot_serving_artifacts
 from tests.processes import background_process, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,31 +65,10 @@ class Workspace:
 
 
 def _snapshot(dest: Path) -> Workspace:
-    """Copy models/, dvc.lock and the test metrics; retry while a pipeline run rewrites them."""
-    from tabml.serving.predictor import ARTIFACT_FILES
-    from tabml.serving.provenance import ArtifactIntegrityError, verify_artifacts
-
-    error: Exception | None = None
-    for _ in range(30):
-        shutil.rmtree(dest, ignore_errors=True)
-        (dest / "models").mkdir(parents=True)
-        (dest / "reports").mkdir()
-        try:
-            for name in ARTIFACT_FILES:
-                shutil.copy2(MODELS / name, dest / "models" / name)
-            shutil.copy2(REPO_ROOT / "dvc.lock", dest / "dvc.lock")
-            with contextlib.suppress(FileNotFoundError):
-                shutil.copy2(REPO_ROOT / "reports" / "metrics.json", dest / "reports")
-            verify_artifacts(
-                [dest / "models" / n for n in ARTIFACT_FILES],
-                dest / "dvc.lock",
-                allow_mismatch=False,
-            )
-            return Workspace(dest)
-        except (OSError, ArtifactIntegrityError) as exc:  # mid-run: try again shortly
-            error = exc
-            time.sleep(2)
-    pytest.fail(f"models/ never matched dvc.lock (is a pipeline run stuck?): {error}")
+    try:
+        return Workspace(snapshot_serving_artifacts(dest))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
