@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.artifacts import snapshot_serving_artifacts  # noqa: E402
-from tests.processes import free_port  # noqa: E402
+from tests.processes import free_port, mlflow_models_serve_cmd  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "serve.json"
 BATCH_ROWS = 1000
@@ -413,21 +413,7 @@ def run(root: Path, data: Data, tracking_uri: str, args: argparse.Namespace) -> 
         ),
         System(
             "mlflow-serve",
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "models",
-                "serve",
-                "-m",
-                f"models:/{MODEL_NAME}@champion",
-                "--env-manager",
-                "local",
-                "-w",
-                "1",
-                "-h",
-                "127.0.0.1",
-            ],
+            mlflow_models_serve_cmd(f"models:/{MODEL_NAME}@champion"),
             {**base_env, "MLFLOW_TRACKING_URI": tracking_uri},
             "/invocations",
             wrap=lambda records: {"dataframe_records": records},

@@ -11,7 +11,9 @@ argument (and written into the image's labels) against the lock, so the labels c
 
 Exit status 0 when everything matches; 1 with one line per problem (the file, its md5 and the
 one `dvc.lock` records, or that it is missing) and how to fix it; 2 for usage errors.
-Needs PyYAML (a serving dependency, so it is in the image's virtual environment).
+Needs PyYAML (a serving dependency, so it is in the image's virtual environment). It is
+deliberately standalone (its own md5 and lock reading, no `tabml` import): it checks the build
+context before anything of the project is trusted, and runs with any Python that has PyYAML.
 """
 
 from __future__ import annotations

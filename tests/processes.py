@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,25 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def mlflow_models_serve_cmd(model_uri: str) -> list[str]:
+    """`mlflow models serve` as a user runs it, one worker on loopback (add `-p PORT`)."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-w",
+        "1",
+        "-h",
+        "127.0.0.1",
+    ]
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from tests.processes import background_process, free_port
+from tests.processes import background_process, free_port, mlflow_models_serve_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -68,27 +68,6 @@ def test_pyfunc_in_process_equals_offline(registry: Any, test_set: Any) -> None:
     np.testing.assert_array_equal(model.predict(frame), test_set.probabilities[ROWS])
 
 
-def mlflow_models_serve_cmd(model_uri: str, port: int) -> list[str]:
-    """`mlflow models serve` as a user runs it (also the peer in bench/serve_benchmark.py)."""
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        model_uri,
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-w",
-        "1",
-    ]
-
-
 @contextlib.contextmanager
 def mlflow_serve(tracking_uri: str, workdir: Path) -> Iterator[str]:
     port = free_port()
@@ -97,7 +76,7 @@ def mlflow_serve(tracking_uri: str, workdir: Path) -> Iterator[str]:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     url = f"http://127.0.0.1:{port}"
     with background_process(
-        mlflow_models_serve_cmd(f"models:/{MODEL_NAME}@champion", port),
+        [*mlflow_models_serve_cmd(f"models:/{MODEL_NAME}@champion"), "-p", str(port)],
         log=workdir / "mlflow-serve.log",
         ready_url=f"{url}/ping",
         cwd=workdir,
