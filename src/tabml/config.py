@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tabml.contract import DataContract
 
@@ -100,6 +100,33 @@ class GateConfig(_Section):
     max_drop_from_champion: float = Field(ge=0)
 
 
+class MonitorConfig(_Section):
+    """Drift and realized-metric monitoring (see `tabml.monitoring` and conf/monitor/)."""
+
+    numeric_bins: int = Field(ge=2)
+    min_category_share: float = Field(ge=0, lt=1)
+    score_bins: int = Field(ge=2)
+    window_size: int = Field(ge=1)
+    min_window_records: int = Field(ge=1)
+    realized_window_size: int = Field(ge=1)
+    min_realized_labels: int = Field(ge=1)
+    psi_warn: float = Field(gt=0)
+    psi_alert: float = Field(gt=0)
+    accuracy_floor: float = Field(ge=0, le=1)
+    exclude_features: list[str]
+    epsilon: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MonitorConfig:
+        if self.psi_warn >= self.psi_alert:
+            raise ValueError("psi_warn must be below psi_alert")
+        if self.min_window_records > self.window_size:
+            raise ValueError("min_window_records exceeds window_size: drift would never count")
+        if self.min_realized_labels > self.realized_window_size:
+            raise ValueError("min_realized_labels exceeds realized_window_size")
+        return self
+
+
 class Params(_Section):
     seed: int
     dataset: DatasetConfig
@@ -111,6 +138,14 @@ class Params(_Section):
     evaluate: EvaluateConfig
     tracking: TrackingConfig
     gate: GateConfig
+    monitor: MonitorConfig
+
+    @model_validator(mode="after")
+    def _monitored_features_exist(self) -> Params:
+        unknown = sorted(set(self.monitor.exclude_features) - set(self.dataset.feature_names))
+        if unknown:
+            raise ValueError(f"monitor.exclude_features names unknown column(s) {unknown}")
+        return self
 
 
 class ConfigError(ValueError):
