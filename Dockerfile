@@ -6,8 +6,9 @@
 # Two stages on the same base: `build` makes a virtual environment from the hash-pinned
 # requirements/serve.lock (only what serving imports), installs the project, and checks that the
 # model artifacts' md5 equal dvc.lock's; `runtime` receives the environment and the checked
-# files, nothing else. BASE_IMAGE may be a local stand-in (docker/build-standin-base.sh) where
-# no registry is reachable; only its `python3` is used.
+# files, nothing else. BASE_IMAGE may be a local stand-in where no registry is reachable
+# (.ci/build-standin-base.sh; TABML_BASE_IMAGE=<its name> docker/build-image.sh); only its
+# `python3` is used.
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build

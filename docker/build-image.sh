@@ -13,8 +13,9 @@
 #   --context DIR   build context holding the Dockerfile (default: this repository)
 #
 # Environment:
-#   BASE_IMAGE      base image (default python:3.11-slim; a local stand-in made by
-#                   docker/build-standin-base.sh has the same tag)
+#   TABML_BASE_IMAGE  base image, passed as the build argument BASE_IMAGE (default
+#                   python:3.11-slim; where no registry is reachable, the local stand-in
+#                   made by .ci/build-standin-base.sh: localhost/tabml-python-standin:3.11-slim)
 #   MODEL_VERSION   model version for the labels and the service (default: md5 prefix)
 #   PIP_INDEX_URL, HTTP(S)_PROXY, NO_PROXY   passed on to the build when set
 #   DOCKER          docker CLI (default /usr/bin/docker if present, else docker on PATH)
@@ -55,7 +56,7 @@ if [[ -z ${DOCKER:-} ]]; then
     if [[ -x /usr/bin/docker ]]; then
         DOCKER=/usr/bin/docker
     else
-        DOCKER=$(command -v docker) || die "no docker CLI found (docker/engine.sh start installs one)"
+        DOCKER=$(command -v docker) || die "no docker CLI found (.ci/engine.sh start installs one)"
     fi
 fi
 # BuildKit when the CLI can drive it: through buildx, or built in (CLIs before 23.0, such as
@@ -98,7 +99,9 @@ else
     GIT_COMMIT=""
 fi
 
-BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
+# TABML_-prefixed so that a BASE_IMAGE left in the environment by some other tool is not
+# picked up by accident.
+BASE_IMAGE=${TABML_BASE_IMAGE:-python:3.11-slim}
 # Passed on from the environment when set: a PyPI mirror and the proxies (Docker keeps the
 # proxy variables out of the image's history).
 passthrough=()

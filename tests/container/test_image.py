@@ -1,11 +1,12 @@
 """The serving image, built from the real Dockerfile and run on a real Docker engine.
 
 One image is built per session with `docker/build-image.sh` (as users and CI build it) on
-BASE_IMAGE (default `python:3.11-slim`; where no registry is reachable, the local stand-in made
-by `docker/build-standin-base.sh` carries that tag). The tests run it on a loopback port and
-check: predictions equal offline ones, the user is not root, the health check command works, the
-labels name the locked model, the size and start-up budgets hold, and a build with a tampered or
-missing artifact fails naming the file and both md5s. Tests marked `docker` are skipped only
+TABML_BASE_IMAGE: by default `python:3.11-slim`, or, when the engine lacks it but has the local
+stand-in made by `.ci/build-standin-base.sh` (where no registry is reachable), that stand-in.
+The tests run it on a loopback port and check: predictions equal offline ones, the user is not
+root, the health check command works, the labels name the locked model and the base, the size
+and start-up budgets hold, and a build with a tampered or missing artifact fails naming the file
+and both md5s. Tests marked `docker` are skipped only
 when no engine answers `docker info`; `-m "not docker"` deselects them.
 
 Images and containers made here are removed at the end; the engine's layer cache is kept, so
@@ -40,7 +41,8 @@ from tests.processes import free_port
 
 BUILD_SCRIPT = REPO_ROOT / "docker" / "build-image.sh"
 VERIFY_SCRIPT = REPO_ROOT / "docker" / "verify_artifacts.py"
-BASE_IMAGE = os.environ.get("BASE_IMAGE", "python:3.11-slim")
+OFFICIAL_BASE = "python:3.11-slim"
+STANDIN_BASE = "localhost/tabml-python-standin:3.11-slim"  # .ci/build-standin-base.sh
 MODEL_FILE = "models/model.txt"
 
 ADDED_LAYERS_BUDGET_MB = 300.0
@@ -69,7 +71,7 @@ DOCKER = docker_cli()
 def engine_problem() -> str | None:
     """Why no Docker engine can be used, or None when `docker info` answers."""
     if DOCKER is None:
-        return "no docker CLI installed (docker/engine.sh start installs docker.io and starts it)"
+        return "no docker CLI installed (.ci/engine.sh start installs docker.io and starts it)"
     try:
         result = subprocess.run([DOCKER, "info"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -78,11 +80,33 @@ def engine_problem() -> str | None:
         lines = [line.strip() for line in (result.stderr + result.stdout).splitlines()]
         errors = [line for line in lines if re.search(r"cannot connect|error", line, re.I)]
         reason = next((e for e in errors if "pretty printing" not in e), "no details")
-        return f"no Docker engine answers `docker info` ({reason}); start: docker/engine.sh start"
+        return f"no Docker engine answers `docker info` ({reason}); start: .ci/engine.sh start"
     return None
 
 
 ENGINE_PROBLEM = engine_problem()
+
+
+def image_present(ref: str) -> bool:
+    assert DOCKER is not None
+    inspect = subprocess.run([DOCKER, "image", "inspect", ref], capture_output=True, timeout=20)
+    return inspect.returncode == 0
+
+
+def base_image() -> str:
+    """TABML_BASE_IMAGE; else the official base, or the stand-in when only it is in the engine.
+
+    So no setting is needed on an air-gapped machine where CI built the stand-in, and the
+    stand-in never takes the place of an official image that is present or can be pulled.
+    """
+    if os.environ.get("TABML_BASE_IMAGE"):
+        return os.environ["TABML_BASE_IMAGE"]
+    if ENGINE_PROBLEM is None and not image_present(OFFICIAL_BASE) and image_present(STANDIN_BASE):
+        return STANDIN_BASE
+    return OFFICIAL_BASE
+
+
+BASE_IMAGE = base_image()
 
 
 def needs_engine(test: Any) -> Any:
@@ -103,7 +127,7 @@ def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
 
 def build_image(context: Path, tag: str) -> subprocess.CompletedProcess:
     """docker/build-image.sh, output of docker build included (stdout and stderr merged)."""
-    env = dict(os.environ, BASE_IMAGE=BASE_IMAGE)
+    env = dict(os.environ, TABML_BASE_IMAGE=BASE_IMAGE)
     if DOCKER:
         env["DOCKER"] = DOCKER
     return subprocess.run(
@@ -223,7 +247,7 @@ def image(pipeline_outputs: Path) -> Iterator[Image]:
             pytest.fail(
                 f"base image {BASE_IMAGE} is not in the engine and cannot be pulled "
                 f"({pulled.stderr.strip()}); where no registry is reachable build the local "
-                "stand-in first: docker/build-standin-base.sh"
+                f"stand-in first: .ci/build-standin-base.sh (it makes {STANDIN_BASE})"
             )
     tag = f"tabml-serve-test:{uuid.uuid4().hex[:10]}"
     started = time.monotonic()

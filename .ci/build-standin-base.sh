@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Build a local stand-in for the `python:3.11-slim` base image.
+# Build a local stand-in for the `python:3.11-slim` base image, under its own name.
 #
 # For air-gapped builds: where no image registry is reachable, `FROM
 # python:3.11-slim` cannot be pulled, but the Debian package mirror that apt
 # already uses usually is.  This script debootstraps a minimal Debian bookworm
 # (whose python3 is 3.11) from that mirror and imports it into the local Docker
-# engine under the same tag, so Dockerfiles build unchanged.
+# engine as TAG; build on it with TABML_BASE_IMAGE=TAG docker/build-image.sh.
 #
-#   docker/build-standin-base.sh [--rebuild] [TAG]     (TAG default: python:3.11-slim)
+#   .ci/build-standin-base.sh [--rebuild] [TAG]
+#       (TAG default: localhost/tabml-python-standin:3.11-slim)
+#
+# Why not the official tag: an image named python:3.11-slim that is not the
+# official one would be mistaken for it (by people, by `docker history`, by the
+# image's base-name label).  The `localhost/` prefix means that a missing
+# stand-in is never pulled from a public registry under a look-alike name.
+# Official names (python:*, library/python:*) are refused.
 #
 # Caching: if TAG already exists in the engine nothing is done.  The root file
 # system tarball is also kept in $STANDIN_CACHE_DIR (default
@@ -22,12 +29,13 @@
 #   * apt sources point at the same Debian mirror(s) as this host, read at run
 #     time from /etc/apt; apt proxy/auth settings of the host are copied in.
 #   * Extra CA certificates of this host (/usr/local/share/ca-certificates) are
-#     installed, so TLS through an intercepting proxy works in containers.
-#     They live only in the local image and cache, never in the repository.
+#     installed, so pip and apt work through an intercepting proxy during the
+#     build.  They live only in this local image and its cache: never in the
+#     repository, and never in an image built on the official base.
 #
 # Environment overrides: STANDIN_SUITE (bookworm), STANDIN_MIRROR,
 # STANDIN_SECURITY_MIRROR, STANDIN_CACHE_DIR, DOCKER (CLI path).
-# Needs root and a running engine (docker/engine.sh start).
+# Needs root and a running engine (.ci/engine.sh start).
 set -euo pipefail
 
 RECIPE_VERSION=1
@@ -61,19 +69,21 @@ while (($#)); do
     esac
     shift
 done
-TAG=${TAG:-python:3.11-slim}
+TAG=${TAG:-localhost/tabml-python-standin:3.11-slim}
+[[ ! $TAG =~ ^(docker\.io/)?(library/)?python(:|@|$) ]] ||
+    die "$TAG is the official image's name; give the stand-in its own (default: localhost/tabml-python-standin:3.11-slim)"
 
 if [[ -n ${DOCKER:-} ]]; then
     :
 elif [[ -x /usr/bin/docker ]]; then
     DOCKER=/usr/bin/docker
 else
-    DOCKER=$(command -v docker) || die "no docker CLI found; run docker/engine.sh start"
+    DOCKER=$(command -v docker) || die "no docker CLI found; run .ci/engine.sh start"
 fi
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap and chroot need it)"
 timeout 20 "$DOCKER" info >/dev/null 2>&1 ||
-    die "no Docker engine answers; start one with docker/engine.sh start"
+    die "no Docker engine answers; start one with .ci/engine.sh start"
 
 if ((!REBUILD)) && "$DOCKER" image inspect "$TAG" >/dev/null 2>&1; then
     log "image $TAG already present; nothing to do (use --rebuild to force)"
