@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Start or stop a local Docker engine for tests and CI.
 #
-#   docker/engine.sh start   # install docker.io if needed, start dockerd, wait for it
-#   docker/engine.sh stop    # stop the dockerd that `start` launched, clean up its network
-#   docker/engine.sh status  # say whether an engine answers and who started it
+#   .ci/engine.sh start      # install docker.io if needed, start dockerd, wait for it
+#   .ci/engine.sh stop       # stop the dockerd that `start` launched, clean up its network
+#   .ci/engine.sh status     # say whether an engine answers and who started it
 #
 # `start` does nothing when an engine already answers (it records that it did
 # not start one, so `stop` leaves that engine alone).  `stop` only ever signals
