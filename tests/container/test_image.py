@@ -5,9 +5,9 @@ TABML_BASE_IMAGE: by default `python:3.11-slim`, or, when the engine lacks it bu
 stand-in made by `.ci/build-standin-base.sh` (where no registry is reachable), that stand-in.
 The tests run it on a loopback port and check: predictions equal offline ones, the user is not
 root, the health check command works, the labels name the locked model and the base, the size
-and start-up budgets hold, and a build with a tampered or missing artifact fails naming the file
-and both md5s. Tests marked `docker` are skipped only
-when no engine answers `docker info`; `-m "not docker"` deselects them.
+budget holds, and a build with a tampered or missing artifact fails naming the file and both
+md5s. Tests marked `docker` are skipped only when no engine answers `docker info`;
+`-m "not docker"` deselects them.
 
 Images and containers made here are removed at the end; the engine's layer cache is kept, so
 the next run rebuilds only what changed (`docker builder prune` clears it).
