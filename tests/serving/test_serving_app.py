@@ -269,6 +269,10 @@ def test_open_inference_protocol_errors(client: Any, test_set: Any) -> None:
     assert response.status_code == 400 and "error" in response.json()
     response = client.post("/v2/models/adult/infer", json={"inputs": "x"})
     assert response.status_code == 422
+    response = client.post(
+        "/v2/models/adult/infer", json={"inputs": tensors(), "outputs": [{"name": "score"}]}
+    )
+    assert response.status_code == 422 and response.json()["detail"][0]["field"] == "outputs.0.name"
 
 
 def test_openapi_documents_contract_schema_and_examples(client: Any) -> None:
@@ -280,6 +284,96 @@ def test_openapi_documents_contract_schema_and_examples(client: Any) -> None:
     assert "native_country" in one["properties"] and many["maxItems"] == 10_000
     assert "/v2/models/{model_name}/infer" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for item in node for ref in _refs(item)]
+    return []
+
+
+def _target(spec: dict[str, Any], ref: str) -> Any:
+    """What a local reference (`#/a/b`) points at in `spec`, or None if nothing."""
+    node: Any = spec
+    for part in ref.removeprefix("#/").split("/"):
+        if not ref.startswith("#/") or not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def test_openapi_has_no_dangling_reference(client: Any) -> None:
+    """Schemas pasted in by hand (request bodies) keep no `#/$defs/...` of their own models."""
+    spec = client.get("/openapi.json").json()
+    refs = set(_refs(spec))
+    assert "#/components/schemas/FieldError" in refs
+    assert [ref for ref in sorted(refs) if _target(spec, ref) is None] == []
+    infer = spec["paths"]["/v2/models/{model_name}/infer"]["post"]["requestBody"]
+    tensor = infer["content"]["application/json"]["schema"]["properties"]["inputs"]["items"]
+    assert tensor["required"] == ["name", "shape", "datatype", "data"]
+
+
+def test_openapi_documents_each_error_body_as_sent(client: Any) -> None:
+    """Open Inference Protocol routes answer errors as {"error": ...}, /predict as
+    {"detail": ...}: every documented 4xx says which."""
+    spec = client.get("/openapi.json").json()
+    documented = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if status.startswith("4"):
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    key = "error" if path.startswith("/v2/") else "detail"
+                    assert key in _target(spec, ref)["required"], (method, path, status)
+                    documented += 1
+    # /predict: 400, 413, 422; model metadata and readiness: 404; both infer: 400, 404, 413, 422
+    assert documented == 3 + 4 + 2 * 4
+
+
+def test_unknown_model_or_version_is_a_documented_404(client: Any) -> None:
+    spec = client.get("/openapi.json").json()
+    version = client.get("/v2/models/adult").json()["versions"][0]
+    templates = [p for p in spec["paths"] if "{model_name}" in p]
+    assert len(templates) == 6
+    for template in templates:
+        (method,) = spec["paths"][template]
+        wrong = [template.format(model_name="other", model_version=version)]
+        if "{model_version}" in template:
+            wrong.append(template.format(model_name="adult", model_version="nope"))
+        for url in wrong:
+            response = client.request(method, url, json={"inputs": []})
+            assert response.status_code == 404, url
+            assert set(response.json()) == {"error"} and "not found" in response.json()["error"]
+        assert "404" in spec["paths"][template][method]["responses"], template
+
+
+def test_infer_takes_integral_floats_for_int_inputs(client: Any, test_set: Any) -> None:
+    """An FP64 tensor of integral values (a pandas float column) fits an INT64 input and
+    scores as the integers do; a fractional value is refused naming row and input."""
+    contract = client.app.state.service.model.contract
+    rows = test_set.records[:30]
+    inputs = [
+        {
+            "name": c.name,
+            "shape": [30],
+            "datatype": "FP64" if c.type == "int" else "BYTES",
+            "data": [float(r[c.name]) if c.type == "int" else r[c.name] for r in rows],
+        }
+        for c in contract.columns
+    ]
+    response = client.post("/v2/models/adult/infer", json={"inputs": inputs})
+    assert response.status_code == 200, response.text
+    probability = response.json()["outputs"][0]["data"]
+    np.testing.assert_array_equal(probability, test_set.probabilities[:30])
+    (education_num,) = [t for t in inputs if t["name"] == "education_num"]
+    education_num["data"][7] = 13.5
+    response = client.post("/v2/models/adult/infer", json={"inputs": inputs})
+    body = response.json()
+    assert response.status_code == 422 and body["error"].startswith("1 error(s); first: row 7")
+    assert body["detail"][0]["field"] == "education_num" and "13.5" in body["error"]
 
 
 def test_concurrent_single_records_are_scored_exactly(workspace: Any, test_set: Any) -> None:

@@ -95,7 +95,8 @@ def test_nullable_field_takes_null_or_may_be_omitted(
         ("hours_per_week", 0, "greater_than_equal", "out of range"),
         ("age", "39", "int_type", "wrong type"),
         ("age", 39.5, "int_type", "wrong type"),
-        ("age", 39.0, "int_type", "wrong type"),
+        ("education_num", 13.5, "int_type", "wrong type: expected an integer, got float 13.5"),
+        ("age", float("inf"), "int_type", "wrong type"),
         ("age", True, "int_type", "wrong type"),
         ("education", 9, "literal_error", "wrong type"),
         ("education", "Bachelor", "literal_error", "unknown category 'Bachelor'"),
@@ -114,6 +115,27 @@ def test_bad_value_is_422_naming_index_and_field(
     assert words in error["message"]
     single = only_error(rejected(predictor, {**record, field: value}))
     assert (single["index"], single["field"]) == (0, field)
+
+
+def int_columns(predictor: Predictor) -> list[str]:
+    return [c.name for c in predictor.model.contract.columns if c.type == "int"]
+
+
+def test_integral_floats_in_int_fields_are_those_integers(
+    predictor: Predictor, test_set: Any
+) -> None:
+    """`json.dumps` writes a pandas float column as 13.0, and to JSON Schema 13.0 is an integer:
+    it is accepted as 13 and scores exactly as 13 does."""
+    big = Predictor(predictor.model, max_batch=1000)
+    rows = test_set.records[:1000]
+    ints = int_columns(big)
+    as_floats = [{**row, **{name: float(row[name]) for name in ints}} for row in rows]
+    body = json.dumps(as_floats).encode()
+    assert b'"education_num": 13.0,' in body
+    records = big.parse_json(body)
+    assert records == big.parse_json(json.dumps(rows).encode())
+    assert {type(r[name]) for r in records for name in ints} == {int}
+    np.testing.assert_array_equal(big.predict(records), test_set.probabilities[:1000])
 
 
 def test_missing_and_unknown_fields(predictor: Predictor, record: dict[str, Any]) -> None:
@@ -164,6 +186,23 @@ def test_column_input_is_validated_by_row(predictor: Predictor, record: dict[str
         predictor.parse_columns(columns, 2)
     error = only_error(caught.value)
     assert (error["index"], error["field"]) == (1, "race")
+
+
+def test_column_input_takes_integral_floats(predictor: Predictor, test_set: Any) -> None:
+    """The OIP path (columns, validated from Python values) follows the same integer rule."""
+    rows = test_set.records[:20]
+    ints = int_columns(predictor)
+    columns = {name: [row[name] for row in rows] for name in rows[0]}
+    as_floats = {n: [float(v) for v in col] if n in ints else col for n, col in columns.items()}
+    records = predictor.parse_columns(as_floats, 20)
+    assert records == predictor.parse_columns(columns, 20)
+    np.testing.assert_array_equal(predictor.predict(records), test_set.probabilities[:20])
+    as_floats["education_num"] = [*as_floats["education_num"][:19], 13.5]
+    with pytest.raises(RequestRejected) as caught:
+        predictor.parse_columns(as_floats, 20)
+    error = only_error(caught.value)
+    assert (error["index"], error["field"], error["type"]) == (19, "education_num", "int_type")
+    assert caught.value.status == 422 and "13.5" in error["message"]
 
 
 def test_prediction_equals_offline_for_every_test_row(predictor: Predictor, test_set: Any) -> None:

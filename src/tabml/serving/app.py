@@ -24,7 +24,7 @@ from tabml.serving import oip
 from tabml.serving.middleware import RequestContextMiddleware
 from tabml.serving.predictor import RequestRejected
 from tabml.serving.routing import BodyReader, Handler, HandlerResult, ShortPath
-from tabml.serving.schemas import ErrorResponse, PredictionResponse
+from tabml.serving.schemas import ErrorResponse, PredictionResponse, inline_schema
 from tabml.serving.service import PredictionService
 from tabml.serving.settings import ServingSettings
 
@@ -39,7 +39,7 @@ def rejection_body(exc: RequestRejected) -> bytes:
 
 
 def _predict_openapi(service: PredictionService) -> dict[str, Any]:
-    record = service.predictor.Record.model_json_schema()
+    record = inline_schema(service.predictor.Record)
     examples = service.examples
     return {
         "requestBody": {

@@ -18,23 +18,32 @@ from starlette.concurrency import run_in_threadpool
 from tabml.serving.predictor import RequestRejected
 from tabml.serving.routing import BodyReader, Handler, HandlerResult, ShortPath
 from tabml.serving.schemas import (
-    ErrorResponse,
     InferenceRequest,
     InferenceResponse,
     InferenceTensor,
+    LiveResponse,
     ModelMetadataResponse,
+    OipErrorResponse,
+    OutputName,
+    ReadyResponse,
+    ServerMetadataResponse,
     field_errors,
+    inline_schema,
 )
 from tabml.serving.service import INLINE_BODY_BYTES, PredictionService
 
 INPUT_DATATYPES = {"int": "INT64", "float": "FP64", "category": "BYTES"}
-_INTEGER = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-ACCEPTED_DATATYPES = {
-    "int": _INTEGER,
-    "float": _INTEGER | {"FP16", "FP32", "FP64"},
-    "category": {"BYTES"},
+# Any numeric tensor fits a numeric column: its values are what is checked, so an `int` column
+# takes an FP64 tensor of integral values (a pandas float column), as /predict takes 13.0.
+_NUMERIC = {
+    *("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"),
+    *("FP16", "FP32", "FP64"),
 }
-OUTPUTS = {"probability": "FP64", "label": "BYTES"}
+ACCEPTED_DATATYPES = {"int": _NUMERIC, "float": _NUMERIC, "category": {"BYTES"}}
+OUTPUTS: dict[OutputName, str] = {"probability": "FP64", "label": "BYTES"}
+
+#: OpenAPI responses of a route, by status
+Responses = dict[int | str, dict[str, Any]]
 
 
 def _error(status: int, message: str, detail: list[dict[str, Any]] | None = None) -> JSONResponse:
@@ -116,10 +125,7 @@ def infer(service: PredictionService, body: bytes) -> tuple[dict[str, Any], int]
         request = InferenceRequest.model_validate_json(body)
     except ValidationError as exc:
         raise _request_errors(exc) from None
-    wanted = [o.get("name") for o in request.outputs] if request.outputs else list(OUTPUTS)
-    unknown = [name for name in wanted if name not in OUTPUTS]
-    if unknown:
-        raise _reject(str(unknown[0]), f"unknown output; available: {list(OUTPUTS)}")
+    wanted = [o.name for o in request.outputs] if request.outputs else list(OUTPUTS)
     columns, rows = tensors_to_columns(service, request)
     records = service.predictor.parse_columns(columns, rows)
     service.metrics.observe_batch(rows)
@@ -159,25 +165,28 @@ def _request_errors(exc: ValidationError) -> RequestRejected:
 
 
 def _unknown_model_message(
-    service: PredictionService, model_name: str, version: str | None = None
+    service: PredictionService, model_name: str, model_version: str | None = None
 ) -> str | None:
     if model_name != service.name:
         return f"model {model_name!r} not found; this server serves {service.name!r}"
-    if version is not None and version != service.version:
-        return f"version {version!r} of model {model_name!r} not found; serving {service.version!r}"
+    if model_version is not None and model_version != service.version:
+        return (
+            f"version {model_version!r} of model {model_name!r} not found; "
+            f"serving {service.version!r}"
+        )
     return None
 
 
 def _unknown_model(
-    service: PredictionService, model_name: str, version: str | None = None
+    service: PredictionService, model_name: str, model_version: str | None = None
 ) -> JSONResponse | None:
-    message = _unknown_model_message(service, model_name, version)
+    message = _unknown_model_message(service, model_name, model_version)
     return None if message is None else _error(404, message)
 
 
 def infer_handler(service: PredictionService) -> Handler:
     async def infer_v2(read_body: BodyReader, params: dict[str, Any]) -> HandlerResult:
-        unknown = _unknown_model_message(service, params["model_name"], params.get("model_version"))
+        unknown = _unknown_model_message(service, **params)
         if unknown is not None:
             return HandlerResult(404, to_json({"error": unknown}))
         try:
@@ -209,8 +218,17 @@ def short_paths(service: PredictionService) -> list[ShortPath]:
 
 def router(service: PredictionService, infer_paths: list[ShortPath]) -> APIRouter:
     api = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
-    errors = {"model": ErrorResponse}
+    error: dict[str, Any] = {"model": OipErrorResponse}
+    not_found: Responses = {404: {**error, "description": "no such model or version here"}}
+    not_ready: Responses = {503: {"model": ReadyResponse, "description": "warm-up not done yet"}}
     contract = service.model.contract
+
+    # Path parameters are documented, not declared: a declared one makes FastAPI document a 422
+    # that no request can get (any string is a name), where the protocol answers 404. The one
+    # model and version served are their only documented values, so clients and fuzzers see them.
+    name = _path_parameter("model_name", service.name, "the served model")
+    version = _path_parameter("model_version", service.version, "its version")
+    of_model, of_version = {"parameters": [name]}, {"parameters": [name, version]}
 
     def model_metadata() -> dict[str, Any]:
         return {
@@ -231,43 +249,59 @@ def router(service: PredictionService, infer_paths: list[ShortPath]) -> APIRoute
         ready = service.readiness.ready
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
-    @api.get("", summary="Server metadata")
+    @api.get("", response_model=ServerMetadataResponse, summary="Server metadata")
     async def server_metadata() -> dict[str, Any]:
         return {"name": "tabml", "version": _package_version(), "extensions": []}
 
-    @api.get("/health/live", summary="Server is live")
+    @api.get("/health/live", response_model=LiveResponse, summary="Server is live")
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @api.get("/health/ready", summary="Server is ready (warm-up prediction succeeded)")
+    @api.get(
+        "/health/ready",
+        responses={200: {"model": ReadyResponse}, **not_ready},
+        summary="Server is ready (warm-up prediction succeeded)",
+    )
     async def server_ready() -> JSONResponse:
         return readiness()
 
     @api.get(
         "/models/{model_name}",
         response_model=ModelMetadataResponse,
-        responses={404: errors},
+        responses=not_found,
+        openapi_extra=of_model,
         summary="Model metadata: input and output tensors",
     )
-    async def metadata(model_name: str) -> Any:
-        return _unknown_model(service, model_name) or model_metadata()
+    async def metadata(request: Request) -> Any:
+        return _unknown_model(service, **request.path_params) or model_metadata()
 
     @api.get(
         "/models/{model_name}/versions/{model_version}",
         response_model=ModelMetadataResponse,
-        responses={404: errors},
+        responses=not_found,
+        openapi_extra=of_version,
         summary="Metadata of a model version",
     )
-    async def version_metadata(model_name: str, model_version: str) -> Any:
-        return _unknown_model(service, model_name, model_version) or model_metadata()
+    async def version_metadata(request: Request) -> Any:
+        return _unknown_model(service, **request.path_params) or model_metadata()
 
-    @api.get("/models/{model_name}/ready", summary="Model is ready")
-    async def model_ready(model_name: str) -> JSONResponse:
-        return _unknown_model(service, model_name) or readiness()
+    @api.get(
+        "/models/{model_name}/ready",
+        responses={200: {"model": ReadyResponse}, **not_found, **not_ready},
+        openapi_extra=of_model,
+        summary="Model is ready",
+    )
+    async def model_ready(request: Request) -> JSONResponse:
+        return _unknown_model(service, **request.path_params) or readiness()
 
-    @api.get("/models/{model_name}/versions/{model_version}/ready", summary="Version is ready")
-    async def version_ready(model_name: str, model_version: str) -> JSONResponse:
-        return _unknown_model(service, model_name, model_version) or readiness()
+    @api.get(
+        "/models/{model_name}/versions/{model_version}/ready",
+        responses={200: {"model": ReadyResponse}, **not_found, **not_ready},
+        openapi_extra=of_version,
+        summary="Version is ready",
+    )
+    async def version_ready(request: Request) -> JSONResponse:
+        return _unknown_model(service, **request.path_params) or readiness()
 
     example = service.examples
     example_request = {
@@ -283,19 +317,19 @@ def router(service: PredictionService, infer_paths: list[ShortPath]) -> APIRoute
         ],
     }
     model_endpoint, version_endpoint = (path.endpoint() for path in infer_paths)
-    responses: dict[int | str, dict[str, Any]] = {
+    responses: Responses = {
         200: {"model": InferenceResponse},
-        400: errors,
-        404: errors,
-        413: errors,
-        422: errors,
+        400: {**error, "description": "malformed JSON"},
+        **not_found,
+        413: {**error, "description": "body or batch too large"},
+        422: {**error, "description": "invalid request or values (`detail` names row and input)"},
     }
     body_doc = {
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": InferenceRequest.model_json_schema(),
+                    "schema": inline_schema(InferenceRequest),
                     "example": example_request,
                 }
             },
@@ -307,23 +341,33 @@ def router(service: PredictionService, infer_paths: list[ShortPath]) -> APIRoute
         "/models/{model_name}/infer",
         response_model=None,
         responses=responses,
-        openapi_extra=body_doc,
+        openapi_extra={**of_model, **body_doc},
         summary="Score rows given as one named tensor per input column",
     )
-    async def model_infer(request: Request, model_name: str) -> Response:
+    async def model_infer(request: Request) -> Response:
         return await model_endpoint(request)
 
     @api.post(
         "/models/{model_name}/versions/{model_version}/infer",
         response_model=None,
         responses=responses,
-        openapi_extra=body_doc,
+        openapi_extra={**of_version, **body_doc},
         summary="Score rows with a given model version",
     )
-    async def version_infer(request: Request, model_name: str, model_version: str) -> Response:
+    async def version_infer(request: Request) -> Response:
         return await version_endpoint(request)
 
     return api
+
+
+def _path_parameter(name: str, value: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "enum": [value]},
+    }
 
 
 def _describe(error: dict[str, Any]) -> str:

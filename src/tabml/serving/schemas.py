@@ -3,9 +3,10 @@ object the pipeline's validate stage enforces, so the API cannot drift from trai
 
 Policy (consistent with how training treats the raw data):
 - every contract column is a field; unknown fields are rejected (a typo would otherwise be lost);
-- numbers are strict: `int` columns take JSON integers only, `float` columns integers or finite
-  decimals; booleans and numeric strings are wrong types; values outside the contract's
-  [min, max] are rejected;
+- numbers are strict: `int` columns take JSON integers, and numbers with no fractional part as
+  that integer (13.0: what `json.dumps` writes for a pandas float column, and an integer to JSON
+  Schema); `float` columns integers or finite decimals; booleans, numeric strings and fractions
+  (in `int` columns) are wrong types; values outside the contract's [min, max] are rejected;
 - a categorical value must be one of the contract's categories (exact, case-sensitive);
   a category the contract allows but the training split never contained is accepted and encoded
   as missing (NaN), exactly as the offline feature transform does;
@@ -15,17 +16,22 @@ Policy (consistent with how training treats the raw data):
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     Strict,
     ValidationError,
     create_model,
     with_config,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 from typing_extensions import TypedDict
 
 from tabml.contract import ColumnSpec, DataContract
@@ -33,12 +39,48 @@ from tabml.contract import ColumnSpec, DataContract
 MAX_REPORTED_ERRORS = 100
 
 
+class IntegralNumber:
+    """An integer as JSON Schema's "integer" means it: a JSON integer or a number with no
+    fractional part (13.0 becomes 13, so it scores exactly like 13), within [ge, le].
+
+    Booleans, strings, fractions and non-finite numbers are `int_type` errors, as under
+    `Strict()`. Built from pydantic-core validators alone, so no Python runs per value.
+    """
+
+    def __init__(self, ge: int | None = None, le: int | None = None) -> None:
+        self.ge, self.le = ge, le
+
+    def _bounded(self) -> CoreSchema:
+        return core_schema.int_schema(ge=self.ge, le=self.le)
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        integral_float = core_schema.chain_schema(
+            [core_schema.float_schema(strict=True, allow_inf_nan=False), core_schema.int_schema()]
+        )
+        number = core_schema.union_schema(
+            [core_schema.int_schema(strict=True), integral_float], custom_error_type="int_type"
+        )
+        return core_schema.chain_schema([number, self._bounded()])
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(self._bounded())
+
+
+Integer = Annotated[int, IntegralNumber()]
+
+
 def _annotation(spec: ColumnSpec) -> Any:
     bounds = {"ge": spec.min, "le": spec.max}
     if spec.type == "category":
         annotation: Any = Literal[tuple(spec.categories or ())]  # type: ignore[valid-type]
     elif spec.type == "int":
-        annotation = Annotated[int, Strict(), Field(**bounds)]
+        ge = None if spec.min is None else math.ceil(spec.min)
+        le = None if spec.max is None else math.floor(spec.max)
+        annotation = Annotated[int, IntegralNumber(ge, le)]
     else:
         annotation = Annotated[float, Strict(), Field(allow_inf_nan=False, **bounds)]
     return annotation | None if spec.nullable else annotation
@@ -107,13 +149,30 @@ class ErrorResponse(BaseModel):
     error_count: int | None = None
 
 
+class OipErrorResponse(BaseModel):
+    """An Open Inference Protocol error: the protocol's `error` string, plus this server's
+    per-field `detail` when the error is about the values."""
+
+    error: str
+    detail: list[FieldError] | None = None
+
+
 class InferenceTensor(BaseModel):
     """A named tensor of the Open Inference Protocol v2 (REST, JSON `data` in row-major order)."""
 
     name: str
-    shape: list[int]
+    shape: list[Integer]
     datatype: str
     data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+#: The outputs of `infer`, one tensor each.
+OutputName = Literal["probability", "label"]
+
+
+class RequestedOutput(BaseModel):
+    name: OutputName
     parameters: dict[str, Any] | None = None
 
 
@@ -121,7 +180,7 @@ class InferenceRequest(BaseModel):
     id: str | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[InferenceTensor] = Field(min_length=1)
-    outputs: list[dict[str, Any]] | None = None
+    outputs: list[RequestedOutput] | None = None
 
 
 class InferenceResponse(BaseModel):
@@ -144,6 +203,43 @@ class ModelMetadataResponse(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+
+
+class ServerMetadataResponse(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class LiveResponse(BaseModel):
+    live: bool
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with its `$defs` put in place of their references.
+
+    For a fragment pasted into the OpenAPI document as is (`openapi_extra`): there a
+    `#/$defs/...` reference would point at the document's root, where nothing is defined.
+    The models here are not recursive.
+    """
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                siblings = {key: value for key, value in node.items() if key != "$ref"}
+                return {**inline(defs[node["$ref"].rsplit("/", 1)[-1]]), **siblings}
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return inline(schema)
 
 
 # Error translation: pydantic's errors → one entry per (record index, field) with a plain message.
