@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
-from tabml.config import ConfigError
+from tabml.config import PARAMS_FILE, ConfigError, Params
 from tabml.data import DataIntegrityError
-from tabml.tracking import TrackingUnavailableError, check_reachable, resolve_tracking_uri
+from tabml.stage_deps import update_dvc_yaml
+from tabml.track import Preloader
+from tabml.tracking_store import TrackingUnavailableError, check_reachable, resolve_tracking_uri
 
 
 def build_parser(usage: str | None) -> argparse.ArgumentParser:
@@ -29,6 +32,12 @@ def build_parser(usage: str | None) -> argparse.ArgumentParser:
         "--no-push",
         action="store_true",
         help="do not push data, outputs and run cache to the default DVC remote after a run",
+    )
+    parser.add_argument(
+        "--no-promote",
+        action="store_true",
+        help="track and gate a new model but never move `champion` (e.g. pull-request builds "
+        "against a shared tracking server)",
     )
     parser.add_argument(
         "-m",
@@ -79,10 +88,18 @@ def main(argv: list[str], usage: str | None = None) -> int:
             resolve_tracking_uri(params.tracking.uri),
             require_server=params.tracking.require_server,
         )
+        updated = update_dvc_yaml()
+        if updated:
+            print(f"dvc.yaml: code deps of {', '.join(updated)} updated from their imports")
         source = pipeline.ensure_data(params)
         if source != "workspace":
             print(f"data: {source}")
-        result = pipeline.reproduce(force=args.force)
+        preloader = Preloader(resolve_tracking_uri(params.tracking.uri), params.tracking.experiment)
+        try:
+            result = pipeline.reproduce(force=args.force)
+        finally:
+            stages_done = time.perf_counter()
+            preloader.cancel()
     except (ConfigError, DataIntegrityError, TrackingUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -90,8 +107,37 @@ def main(argv: list[str], usage: str | None = None) -> int:
         print(f"error: {exc}; outputs of earlier runs are unchanged", file=sys.stderr)
         return 1
     pipeline.print_summary(result)
+    status = _track(params, stages_done, promote=not args.no_promote)
     if not args.no_push and (result.stages_run or source != "workspace"):
         print(pipeline.push())
+    return status
+
+
+def _track(params: Params, stages_done: float, promote: bool) -> int:
+    """Make sure the workspace model has its MLflow run (after every run, whatever DVC ran)."""
+    from tabml.lineage import git_lineage
+    from tabml.track import TrackingError, raw_params_of, track_model
+
+    uri = resolve_tracking_uri(params.tracking.uri)
+    try:
+        tracked = track_model(
+            params,
+            raw_params_of(PARAMS_FILE),
+            uri,
+            git_lineage(),
+            promote=promote,
+            context="" if promote else "--no-promote: promote after review",
+        )
+    except (TrackingError, TrackingUnavailableError) as exc:
+        print(
+            f"error: tracking in {uri} failed: {exc}; the model is trained and its outputs are "
+            "kept; rerun `python src/train.py` to track it",
+            file=sys.stderr,
+        )
+        return 1
+    print("\n".join(tracked.lines))
+    if tracked.new:
+        print(f"tracking took {time.perf_counter() - stages_done:.2f} s after the stages")
     return 0
 
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tabml.contract import DataContract
+from tabml.errors import TabmlError
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -79,7 +80,7 @@ class EvaluateConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    """Where MLflow runs and registered models go (see `tabml.tracking.resolve_tracking_uri`)."""
+    """Where MLflow runs and registered models go (`tabml.tracking_store.resolve_tracking_uri`)."""
 
     uri: str | None = None
     experiment: str = Field(min_length=1)
@@ -148,7 +149,7 @@ class Params(_Section):
         return self
 
 
-class ConfigError(ValueError):
+class ConfigError(TabmlError, ValueError):
     """The configuration is invalid; the message names every offending key."""
 
 

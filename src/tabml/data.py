@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from tabml.atomic import write_with
 from tabml.contract import DataContract
+from tabml.errors import TabmlError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from tabml.config import DatasetConfig
 
 
-class DataIntegrityError(RuntimeError):
+class DataIntegrityError(TabmlError, RuntimeError):
     """Data on disk is not the data the repository pins."""
 
 
@@ -77,7 +78,7 @@ def fetch_pinned(dataset: DatasetConfig, dest: Path) -> list[Path]:
     return written
 
 
-class FieldCountError(ValueError):
+class FieldCountError(TabmlError, ValueError):
     """A raw line has the wrong number of fields (truncated file or a missing column)."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from tabml.atomic import write_text_atomic
 from tabml.contract import DataContract
+from tabml.errors import TabmlError
 
 Columns = Mapping[str, Sequence[Any]]
 
@@ -40,13 +41,17 @@ DERIVED_FEATURES = {
 }
 
 
+class FeatureSpecError(TabmlError, ValueError):
+    """A derived feature that does not exist, or a fitted state that does not fit the contract."""
+
+
 class FeatureTransform:
     """Raw columns → float64 matrix with categorical codes; fitted state is JSON-serialisable."""
 
     def __init__(self, contract: DataContract, derived: Sequence[str] = ()) -> None:
         unknown = sorted(set(derived) - set(DERIVED_FEATURES))
         if unknown:
-            raise ValueError(
+            raise FeatureSpecError(
                 f"unknown derived feature(s) {unknown}; known: {sorted(DERIVED_FEATURES)}"
             )
         self.contract = contract
@@ -110,7 +115,7 @@ class FeatureTransform:
         transform.categories_ = state["categories"]
         transform._index_categories()
         if transform.feature_names_ != state["feature_names"]:
-            raise ValueError(
+            raise FeatureSpecError(
                 f"{path}: feature names {state['feature_names']} do not match the "
                 f"contract's {transform.feature_names_}"
             )

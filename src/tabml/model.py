@@ -19,6 +19,7 @@ import lightgbm as lgb
 import numpy as np
 
 from tabml.atomic import atomic_path
+from tabml.errors import TabmlError
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def save_booster(booster: lgb.Booster, path: Path, num_iteration: int) -> None:
         booster.save_model(str(tmp), num_iteration=num_iteration)
 
 
-class ModelFileError(RuntimeError):
+class ModelFileError(TabmlError, RuntimeError):
     """A model file is missing or unreadable."""
 
 

@@ -18,14 +18,17 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd  # MLflow imports it anyway
 
+from tabml.layout import CONTRACT_FILE, METADATA_FILE, MODEL_FILE, TRANSFORM_FILE
+
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
+#: The pyfunc's artifacts: the files of `models/`, stored once per run.
 ARTIFACTS = {
-    "contract": "contract.json",
-    "feature_transform": "feature_transform.json",
-    "model": "model.txt",
-    "model_metadata": "model_metadata.json",
+    "contract": CONTRACT_FILE,
+    "feature_transform": TRANSFORM_FILE,
+    "model": MODEL_FILE,
+    "model_metadata": METADATA_FILE,
 }
 #: What loading the model needs besides MLflow itself (pinned to this environment's versions).
 REQUIREMENTS = ("lightgbm", "numpy", "scipy", "pandas", "pydantic")

@@ -9,6 +9,7 @@ sqlite store), so inside the project no option is needed.
   tabml-registry promote 3 --reason "approved after shadow test"
   tabml-registry rollback --reason "v4 misbehaves on new traffic"
   tabml-registry history
+  tabml-registry track              # log the workspace model after a plain `dvc repro`
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tabml.config import PARAMS_FILE, ConfigError, load_params
-from tabml.tracking import TrackingUnavailableError, check_reachable, resolve_tracking_uri
+from tabml.tracking_store import TrackingUnavailableError, check_reachable, resolve_tracking_uri
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", help="give champion back to the previous one")
     rollback.add_argument("--reason", default="rolled back by hand")
     commands.add_parser("history", help="every recorded alias move, oldest first")
+    commands.add_parser(
+        "track",
+        help="make sure the workspace model has its MLflow run (log, register and gate it if "
+        "not); `python src/train.py` does this after every run",
+    )
     return parser
 
 
@@ -100,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    if args.command == "track":
+        return _track(uri)
+
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -128,6 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     except MlflowException as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _track(uri: str) -> int:
+    from tabml.lineage import git_lineage
+    from tabml.track import TrackingError, raw_params_of, track_model
+
+    try:
+        tracked = track_model(load_params(), raw_params_of(PARAMS_FILE), uri, git_lineage())
+    except (TrackingError, ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(tracked.lines))
     return 0
 
 

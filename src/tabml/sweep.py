@@ -5,8 +5,9 @@ overrides into their combinations (Hydra's parser, in the order Hydra's basic sw
 validates every combination before anything is queued, queues one `dvc exp run --queue -S ...`
 per combination, starts the queue's workers (one by default: DVC's queue is racy with several),
 waits, and prints the experiments sorted by the primary metric. Each experiment runs the whole
-pipeline in its own workspace, so each appears in `dvc exp show` and as one MLflow run (the
-`register` stage), tagged `dvc_exp_name`.
+pipeline in its own workspace, so each appears in `dvc exp show`; then every experiment's model
+is tracked from its committed outputs (`track_experiments`): one MLflow run per model, tagged
+`dvc_exp.<name>` for every experiment that produced it.
 
 The native equivalent is `dvc exp run --queue -S 'model.learning_rate=0.03,0.1' ...` followed
 by `dvc queue start`. Queued experiments see only what git tracks (plus uncommitted changes to
@@ -18,17 +19,31 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tabml.config import ConfigError, Params
+import yaml
 
-METRICS_FILE = "reports/metrics.json"
-MODEL_FILE = "models/model.txt"
-PARAMS_FILE = "params.yaml"
+from tabml.config import ConfigError, Params, parse_params
+from tabml.layout import (
+    DATA_DVC,
+    LOCK_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODELS_DIR,
+    PARAMS_FILE,
+    REPORTS_DIR,
+)
+from tabml.lineage import commit_tags
+from tabml.stage_deps import update_dvc_yaml
+from tabml.track import Tracked, track_model
+from tabml.tracking import RunFiles
+from tabml.tracking_store import check_reachable, resolve_tracking_uri
+
 LOG_DIR = Path(".dvc/tmp")
 SHOWN_METRICS = ("roc_auc", "pr_auc", "log_loss", "best_iteration")
 DONE = ("Success", "Failed")
@@ -136,10 +151,12 @@ def experiment_results() -> dict[str, dict[str, Any]]:
                 if not rev.get("name"):
                     continue
                 data = rev.get("data") or {}
-                params = (data.get("params") or {}).get(PARAMS_FILE, {}).get("data", {})
-                metrics = (data.get("metrics") or {}).get(METRICS_FILE, {}).get("data", {})
-                model = (data.get("outs") or {}).get(MODEL_FILE) or {}
+                params = (data.get("params") or {}).get(str(PARAMS_FILE), {}).get("data", {})
+                metrics = (data.get("metrics") or {}).get(str(METRICS_FILE), {}).get("data", {})
+                model = (data.get("outs") or {}).get((MODELS_DIR / MODEL_FILE).as_posix()) or {}
                 results[rev["name"]] = {
+                    "rev": rev.get("rev"),
+                    "baseline_rev": baseline.get("rev"),
                     "params": params,
                     "metrics": metrics.get("test", {}),
                     "model_md5": model.get("hash"),
@@ -182,24 +199,60 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def promote_best(best: dict[str, Any], params: Params, prefix: str) -> str:
-    """Put the sweep's best model through the gate against the current champion.
+def materialise(rev: str, dest: Path) -> RunFiles:
+    """An experiment's outputs (models/, reports/) and its params.yaml, dvc.lock and data.dvc,
+    copied out of git and the DVC cache into `dest`, laid out like the repository."""
+    from dvc.api import DVCFileSystem
 
-    Experiments in DVC's queue register their versions as candidates without promoting (they
-    finish in arbitrary order); this makes the best of them champion if it passes the gate.
-    """
+    fs = DVCFileSystem(".", rev=rev)
+    for path in (MODELS_DIR, REPORTS_DIR):
+        fs.get(path.as_posix(), str(dest / path), recursive=True)
+    for path in (PARAMS_FILE, LOCK_FILE, DATA_DVC):
+        fs.get_file(path.as_posix(), str(dest / path))
+    return RunFiles(dest)
+
+
+def track_experiments(
+    rows: list[dict[str, Any]], results: dict[str, dict[str, Any]], uri: str, prefix: str
+) -> dict[str, Tracked]:
+    """One MLflow run per successful experiment's model, logged from its committed outputs;
+    registered as a candidate without promotion. An experiment whose model is already tracked
+    (DVC restored it from its run cache, or another experiment trained the same one) is linked
+    to that run by a `dvc_exp.<name>` tag instead of logging a duplicate."""
+    tracked = {}
+    for row in rows:
+        result = results.get(row["name"], {})
+        if row["status"] != "Success" or not result.get("rev"):
+            continue
+        with tempfile.TemporaryDirectory(prefix="tabml-exp-") as tmp:
+            files = materialise(result["rev"], Path(tmp))
+            raw = yaml.safe_load(files.params.read_text())
+            git_tags = commit_tags(result["baseline_rev"], [PARAMS_FILE.as_posix()]) | {
+                "dvc_exp_baseline_rev": result["baseline_rev"],
+                "dvc_exp_rev": result["rev"],
+            }
+            tracked[row["name"]] = track_model(
+                parse_params(raw),
+                raw,
+                uri,
+                git_tags,
+                files=files,
+                promote=False,
+                experiment_name=row["name"],
+                context=f"one of {prefix}; the sweep promotes its best",
+            )
+    return tracked
+
+
+def promote_best(best: dict[str, Any], tracked: Tracked, params: Params, prefix: str) -> str:
+    """Put the sweep's best model through the gate against the current champion."""
     from tabml import registry, tracking
-    from tabml.data import pinned_dir_md5
 
-    uri = tracking.resolve_tracking_uri(params.tracking.uri)
     name = params.tracking.registered_model
-    client, experiment_id = tracking.connect(uri, params.tracking.experiment)
-    run_id = tracking.find_logged_run(
-        client, experiment_id, best["model_md5"], pinned_dir_md5(tracking.DATA_DVC)
-    )
-    version = client.get_run(run_id).data.tags.get("registered_version") if run_id else None
+    client, _ = tracking.connect(tracked.uri, params.tracking.experiment)
+    version = tracked.version or client.get_run(tracked.run_id).data.tags.get("registered_version")
     if version is None:
-        return f"{best['name']}: no registered version found in {uri}; champion unchanged"
+        return f"{best['name']}: no registered version found in {tracked.uri}; champion unchanged"
     if registry.current_alias(client, name, registry.CHAMPION) == version:
         return f"{name} v{version} ({best['name']}) is already champion"
     metric = params.gate.metric
@@ -218,12 +271,17 @@ def run_sweep(overrides: list[str], jobs: int = 1) -> int:
     present before anything is queued, so a typo or an unreachable server fails in a second.
     """
     from tabml.pipeline import compose, ensure_data
-    from tabml.tracking import check_reachable, resolve_tracking_uri
 
     combinations = expand(overrides)
     params = [compose(combination)[0] for combination in combinations]
-    for uri in sorted({resolve_tracking_uri(p.tracking.uri) for p in params}):
-        check_reachable(uri)
+    uris = sorted({resolve_tracking_uri(p.tracking.uri) for p in params})
+    if len(uris) != 1:
+        raise ConfigError(f"a sweep logs to one tracking store, but its combinations name {uris}")
+    (uri,) = uris
+    check_reachable(uri)
+    updated = update_dvc_yaml()  # queued experiments must run with complete code deps
+    if updated:
+        print(f"dvc.yaml: code deps of {', '.join(updated)} updated from their imports")
     ensure_data(params[0])
     metric = params[0].gate.metric
     prefix = f"sweep-{datetime.now():%Y%m%d-%H%M%S}"
@@ -234,22 +292,26 @@ def run_sweep(overrides: list[str], jobs: int = 1) -> int:
     start_workers(jobs, log_file)
     status = wait([e.name for e in experiments])
     elapsed = time.monotonic() - started
-    rows = summary_rows(experiments, status, experiment_results(), metric)
+    results = experiment_results()
+    rows = summary_rows(experiments, status, results, metric)
     print(f"\nsweep {prefix}: {len(rows)} experiment(s) in {elapsed:.0f} s, by test {metric}:")
     print(format_table(rows))
+    tracked = track_experiments(rows, results, uri, prefix)
+    for name, outcome in tracked.items():
+        print(f"{name}: {'logged' if outcome.new else 'linked to'} run {outcome.run_id}")
     failed = [row["name"] for row in rows if row["status"] != "Success"]
     for name in failed:
         print(f"{name} failed: see `dvc queue logs {name}`")
     best = next((row for row in rows if row["status"] == "Success"), None)
-    if best is not None and best["model_md5"]:
-        print(promote_best(best, params[0], prefix))
+    if best is not None and best["name"] in tracked:
+        print(promote_best(best, tracked[best["name"]], params[0], prefix))
     if best is not None:
         print(
             f"\nbest: {best['name']} ({metric} {best[metric]}). Apply it to the workspace with\n"
             f"  dvc exp apply {best['name']}\n"
             f"or make it the default by putting `{best['overrides']}` into conf/ "
             f"(`python src/train.py {best['overrides']}` reproduces it from the run cache).\n"
-            f"MLflow: runs tagged dvc_exp_name = '{prefix}-<n>' "
-            f"(filter: tags.dvc_exp_name LIKE '{prefix}-%')"
+            f"MLflow: each experiment's run carries the tag `dvc_exp.<name>` "
+            f"(e.g. filter: tags.`dvc_exp.{best['name']}` != '')"
         )
     return 1 if failed else 0

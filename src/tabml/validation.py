@@ -11,12 +11,13 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from tabml.contract import ColumnSpec, DataContract
+from tabml.errors import TabmlError
 
 _DTYPES = {"int": "int64", "float": "float64", "category": "str"}
 MAX_EXAMPLES = 5
 
 
-class DataContractError(ValueError):
+class DataContractError(TabmlError, ValueError):
     """Raw data breaks the contract; the message names column, rule and example lines."""
 
 

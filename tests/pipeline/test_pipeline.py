@@ -48,9 +48,9 @@ def test_nothing_changed_runs_no_stage(trained_repo: Path) -> None:
     assert "roc_auc" in result.stdout
 
 
-def test_model_parameter_change_runs_only_train_evaluate_and_register(repo_copy: Path) -> None:
+def test_model_parameter_change_runs_only_train_and_evaluate(repo_copy: Path) -> None:
     result = train(repo_copy, "model.learning_rate=0.07")
-    assert stages_run(result.stdout) == ["train", "evaluate", "register"]
+    assert stages_run(result.stdout) == ["train", "evaluate"]
     assert "learning_rate: 0.07" in (repo_copy / "params.yaml").read_text()
     lock = (repo_copy / "dvc.lock").read_text()
     assert "learning_rate: 0.07" in lock
@@ -148,3 +148,44 @@ def test_dvc_plots_render_every_plot(trained_repo: Path, tmp_path: Path) -> None
         "AUC by boosting iteration",
     ):
         assert title in html, title
+
+
+def _edit(repo: Path, module: str, old: str, new: str) -> None:
+    path = repo / "src" / "tabml" / module
+    text = path.read_text()
+    assert old in text, f"{module} no longer contains {old!r}"
+    path.write_text(text.replace(old, new))
+
+
+def test_a_change_to_code_a_stage_imports_reruns_it(repo_copy: Path) -> None:
+    """The defect that once reached the gate: `predict_proba` inverted, only `train` reran, the
+    model bytes were unchanged, so `evaluate` was skipped and stale metrics were reported."""
+    before = json.loads((repo_copy / "reports" / "metrics.json").read_text())["test"]
+    _edit(
+        repo_copy,
+        "model.py",
+        "return booster.predict(",
+        "return 1.0 - booster.predict(",
+    )
+    result = train(repo_copy)
+    assert "evaluate" in stages_run(result.stdout)
+    after = json.loads((repo_copy / "reports" / "metrics.json").read_text())["test"]
+    assert after["roc_auc"] == pytest.approx(1 - before["roc_auc"], abs=1e-6)
+
+
+def test_a_change_used_only_at_evaluation_reruns_only_evaluate(repo_copy: Path) -> None:
+    before = json.loads((repo_copy / "reports" / "metrics.json").read_text())["test"]
+    _edit(repo_copy, "evaluation.py", '"accuracy":', '"accuracy_renamed":')
+    result = train(repo_copy)
+    assert stages_run(result.stdout) == ["evaluate"]
+    after = json.loads((repo_copy / "reports" / "metrics.json").read_text())["test"]
+    assert "accuracy_renamed" in after and "accuracy" not in after
+    assert after["accuracy_renamed"] == before["accuracy"]
+
+
+def test_a_change_to_code_no_stage_imports_reruns_nothing(repo_copy: Path) -> None:
+    _edit(repo_copy, "registry_cli.py", '"""`tabml-registry`:', '"""`tabml-registry` (edited):')
+    before = snapshot(repo_copy)
+    result = train(repo_copy)
+    assert stages_run(result.stdout) == []
+    assert snapshot(repo_copy) == before

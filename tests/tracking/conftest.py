@@ -27,13 +27,17 @@ def tracking_env(repo: Path, uri: str | None = None, **extra: str) -> dict[str, 
 
 
 def train(
-    repo: Path, *overrides: str, uri: str | None = None, check: bool = True
+    repo: Path,
+    *overrides: str,
+    uri: str | None = None,
+    check: bool = True,
+    env_extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`python src/train.py OVERRIDE...` without pushing to the DVC remote."""
     return run(
         [PYTHON, "src/train.py", "--no-push", *overrides],
         cwd=repo,
-        env=tracking_env(repo, uri),
+        env=tracking_env(repo, uri, **(env_extra or {})),
         check=check,
     )
 

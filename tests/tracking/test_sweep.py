@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from tests.conftest import PYTHON, run
-from tests.tracking.conftest import commit_all, tracking_env
+from tests.tracking.conftest import commit_all, tracking_env, train
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +35,14 @@ def exp_show(repo: Path) -> dict[str, dict]:
 
 def test_sweep_of_five_runs_matches_dvc_exp_show_and_mlflow(repo_copy: Path) -> None:
     commit_all(repo_copy, "baseline for the sweep")  # queued runs see committed files only
+    # One combination trained (and tracked) beforehand: the sweep restores it from DVC's run
+    # cache, and must link it to that run rather than leave it without one or log a duplicate.
+    before = train(repo_copy, "model.learning_rate=0.05", "train.num_boost_round=30")
+    assert "logged run" in before.stdout
+    run(["git", "checkout", "--quiet", "params.yaml", "dvc.lock"], cwd=repo_copy)
+    client = MlflowClient(f"sqlite:///{repo_copy}/mlflow.db")
+    experiment_id = client.get_experiment_by_name("tabml-adult").experiment_id
+    (earlier,) = client.search_runs([experiment_id])
     started = time.monotonic()
     result = run(
         [
@@ -72,13 +80,17 @@ def test_sweep_of_five_runs_matches_dvc_exp_show_and_mlflow(repo_copy: Path) -> 
         by_rate[str(experiment["params"]["model"]["learning_rate"])] = row[0]
     assert sorted(by_rate) == sorted(RATES)
 
-    # ... and is one MLflow run in the main repo's store with the same metrics.
-    client = MlflowClient(f"sqlite:///{repo_copy}/mlflow.db")
-    experiment_id = client.get_experiment_by_name("tabml-adult").experiment_id
+    # ... and has exactly one MLflow run in the main repo's store, with the same metrics: four
+    # new ones, and the restored combination linked to the run logged before the sweep.
+    restored = by_rate["0.05"]
+    linked = client.get_run(earlier.info.run_id)
+    assert linked.data.tags[f"dvc_exp.{restored}"] == "same model"
+    assert f"{restored}: linked to run {earlier.info.run_id}" in result.stdout
     mlflow_runs = client.search_runs(
         [experiment_id], filter_string=f"tags.dvc_exp_name LIKE '{prefix}-%'"
     )
-    assert len(mlflow_runs) == len(RATES)
+    assert len(mlflow_runs) == len(RATES) - 1
+    assert len(client.search_runs([experiment_id])) == len(RATES)
     for mlflow_run in mlflow_runs:
         name = mlflow_run.data.tags["dvc_exp_name"]
         assert mlflow_run.info.run_name == name
@@ -91,18 +103,22 @@ def test_sweep_of_five_runs_matches_dvc_exp_show_and_mlflow(repo_copy: Path) -> 
     assert not list((repo_copy / ".dvc" / "tmp").rglob("mlflow.db"))
 
     # Each registered a candidate without promoting itself; the best became champion at the end
-    # (this store had none), in one alias move.
+    # in one alias move (the run logged before the sweep was promoted when it was logged).
     version_of = {
         r.data.tags["dvc_exp_name"]: r.data.tags["registered_version"] for r in mlflow_runs
-    }
+    } | {restored: linked.data.tags["registered_version"]}
     model = client.get_registered_model("tabml-adult")
     assert str(model.aliases["champion"]) == version_of[names[0]]  # SQLite gives an int
-    assert f"tabml-adult v{version_of[names[0]]} ({names[0]}), best of the sweep: promoted" in (
-        result.stdout
-    )
+    best = f"tabml-adult v{version_of[names[0]]} ({names[0]})"
+    if names[0] == restored:  # promoted by its own run before the sweep
+        assert f"{best} is already champion" in result.stdout
+    else:
+        assert f"{best}, best of the sweep: promoted" in result.stdout
     history = [json.loads(v) for k, v in sorted(model.tags.items()) if k.startswith("alias_")]
     champion_moves = [move for move in history if move["alias"] == "champion"]
-    assert len(champion_moves) == 1 and f"best of {prefix}" in champion_moves[0]["reason"]
+    sweep_moves = [move for move in champion_moves if f"best of {prefix}" in move["reason"]]
+    assert len(champion_moves) <= 2 and len(sweep_moves) == (names[0] != restored)
     for name in names[1:]:
-        note = client.get_model_version("tabml-adult", version_of[name]).tags["gate.note"]
-        assert note.startswith("passed, champion not moved: run in a DVC experiment workspace")
+        if name != restored:
+            note = client.get_model_version("tabml-adult", version_of[name]).tags["gate.note"]
+            assert note.startswith(f"passed, champion not moved: one of {prefix}")

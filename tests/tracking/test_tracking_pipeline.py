@@ -14,11 +14,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.models import get_model_info
-from tests.conftest import PYTHON, run
+from tests.conftest import run
 from tests.processes import free_port
-from tests.tracking.conftest import registry_cli, tracking_env, train
+from tests.tracking.conftest import registry_cli, train
 
 from tabml.data import file_md5, pinned_dir_md5
+from tabml.layout import ARTIFACT_FILES as MODEL_FILES
 from tabml.tracking import flatten
 
 pytestmark = pytest.mark.slow
@@ -62,29 +63,39 @@ def head(repo: Path) -> str:
     return run(["git", "rev-parse", "HEAD"], cwd=repo).stdout.strip()
 
 
-def test_one_run_per_retrain_none_for_noop_or_run_cache_restore(repo_copy: Path) -> None:
+def imported_mlflow(result) -> bool:
+    """Whether a run started with PYTHONPROFILEIMPORTTIME imported MLflow."""
+    return any(
+        line.rstrip().endswith((" mlflow", "| mlflow")) for line in result.stderr.splitlines()
+    )
+
+
+def test_exactly_one_run_per_model_whatever_dvc_ran(repo_copy: Path) -> None:
     client = MlflowClient(f"sqlite:///{repo_copy}/mlflow.db")
 
     first = train(repo_copy, QUICK)
-    assert stages_run(first.stdout) == ["train", "evaluate", "register"]
+    assert stages_run(first.stdout) == ["train", "evaluate"]
     assert "logged run" in first.stdout
     (logged,) = runs(client)
 
-    noop = train(repo_copy, QUICK)
+    # A no-op finds the run without importing MLflow, and logs nothing.
+    noop = train(repo_copy, QUICK, env_extra={"PYTHONPROFILEIMPORTTIME": "1"})
     assert stages_run(noop.stdout) == []
+    assert "already logged" in noop.stdout and not imported_mlflow(noop)
     assert len(runs(client)) == 1
 
-    # Back to the default parameters: a model this store has not seen, so one new run.
+    # Back to the default parameters: DVC restores train and evaluate from its run cache (the
+    # template trained them), and runs no stage for tracking; the store has not seen that model,
+    # so it gets its run.
     default = train(repo_copy)
-    assert "register" in stages_run(default.stdout)
+    output = default.stdout + default.stderr
+    assert "Stage 'train' is cached" in output and "Stage 'evaluate' is cached" in output
+    assert "logged run" in default.stdout
     assert len(runs(client)) == 2
 
-    # And again to the quick model: DVC restores train and evaluate from its run cache (saved by
-    # the first run above), which reruns register; that model is already logged: nothing new.
+    # And again to the quick model, restored from the run cache: already logged.
     restored = train(repo_copy, QUICK)
-    output = restored.stdout + restored.stderr
-    assert "Stage 'train' is cached" in output and "Stage 'evaluate' is cached" in output
-    assert "register" in stages_run(restored.stdout)
+    assert "Stage 'train' is cached" in restored.stdout + restored.stderr
     assert "nothing logged" in restored.stdout
     assert len(runs(client)) == 2
 
@@ -114,31 +125,32 @@ def test_one_run_per_retrain_none_for_noop_or_run_cache_restore(repo_copy: Path)
 
     artifacts = {
         a.path
-        for folder in ("", "reports", "models", "plots")
+        for folder in ("", "reports", "plots")
         for a in client.list_artifacts(logged.info.run_id, folder)
     }
     for path in (
         "reports/metrics.json",
         "reports/training_curve.json",
         "reports/plots",
-        "models/contract.json",
-        "models/feature_transform.json",
-        "models/model.txt",
         "plots/roc.png",
         "params.yaml",
         "dvc.lock",
     ):
         assert path in artifacts, path
-    logged_models = client.search_logged_models(
+    # The model is stored once: as the registered pyfunc, whose artifacts are models/'s files.
+    (logged_model,) = client.search_logged_models(
         experiment_ids=[logged.info.experiment_id],
         filter_string=f"source_run_id = '{logged.info.run_id}'",
     )
-    by_name = {model.name: model for model in logged_models}
-    assert set(by_name) == {"lightgbm", "model"}  # the flavour, and the registered pyfunc
+    assert logged_model.name == "model"
     with mlflow_uri(client):
-        info = get_model_info(f"models:/{by_name['lightgbm'].model_id}")
-    assert "lightgbm" in info.flavors
+        info = get_model_info(f"models:/{logged_model.model_id}")
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{logged_model.model_id}"))
+    assert "python_function" in info.flavors
     assert info.signature is not None and info.saved_input_example_info is not None
+    stored = sorted(p.name for p in (local / "artifacts").iterdir())
+    assert stored == sorted(MODEL_FILES)
+    assert file_md5(local / "artifacts" / "model.txt") == model_md5
     # Artifacts stay next to the store, not in a workspace DVC may delete.
     assert (repo_copy / "mlartifacts").is_dir()
 
@@ -210,9 +222,16 @@ def test_gate_registry_cli_and_rollback_against_a_real_server(
     first_champion = next(line for line in history if " champion " in line)
     assert first_champion.endswith("roc_auc 0.926416 >= minimum 0.91; no current champion")
 
-    # A no-op logs nothing, on the server too.
-    noop = train(repo_copy, *names, "model.learning_rate=0.1", uri=mlflow_server)
+    # A no-op logs nothing, on the server too, and asks it without importing MLflow.
+    noop = train(
+        repo_copy,
+        *names,
+        "model.learning_rate=0.1",
+        uri=mlflow_server,
+        env_extra={"PYTHONPROFILEIMPORTTIME": "1"},
+    )
     assert stages_run(noop.stdout) == []
+    assert "already logged" in noop.stdout and not imported_mlflow(noop)
     assert len(runs(client, "gate-test")) == 3
 
 
@@ -228,27 +247,20 @@ def test_unreachable_server_fails_before_training_and_keeps_outputs(repo_copy: P
     assert "Running stage" not in result.stdout + result.stderr
     assert {path: path.read_bytes() for path in watched} == before
 
-    # The register stage on its own fails just as clearly (e.g. under `dvc repro`).
-    stage = run(
-        [
-            PYTHON,
-            "-m",
-            "tabml.stages.register",
-            "--models",
-            "models",
-            "--metrics",
-            "reports/metrics.json",
-            "--plots",
-            "reports/plots",
-            "--curves",
-            "reports/training_curve.json",
-            "--features",
-            "artifacts/features",
-        ],
-        cwd=repo_copy,
-        env=tracking_env(repo_copy, dead),
-        check=False,
-    )
-    assert stage.returncode == 1
-    assert f"stage register failed: MLflow tracking server {dead} is unreachable" in stage.stderr
+    # `tabml-registry track` (the same tracking after a plain `dvc repro`) fails as clearly.
+    track = registry_cli(repo_copy, "track", uri=dead, check=False)
+    assert track.returncode == 2
+    assert f"MLflow tracking server {dead} is unreachable" in track.stderr
     assert {path: path.read_bytes() for path in watched} == before
+
+
+def test_no_promote_registers_and_gates_but_keeps_the_champion(repo_copy: Path) -> None:
+    client = MlflowClient(f"sqlite:///{repo_copy}/mlflow.db")
+    first = train(repo_copy)
+    assert "tabml-adult v1 promoted to champion" in first.stdout
+    review = train(repo_copy, "model.learning_rate=0.1", "--no-promote")
+    assert "registered tabml-adult v2: gate passed" in review.stdout
+    assert "tabml-adult v2 stays candidate: --no-promote" in review.stdout
+    model = client.get_registered_model("tabml-adult")
+    assert {k: str(v) for k, v in model.aliases.items()} == {"champion": "1", "candidate": "2"}
+    assert client.get_model_version("tabml-adult", "2").tags["gate.decision"] == "passed"

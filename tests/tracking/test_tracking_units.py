@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from tests.processes import free_port
 
-from tabml import registry, sweep, tracking
+from tabml import lineage, registry, sweep, tracking, tracking_store
 from tabml.config import ConfigError, GateConfig
+from tabml.workspace import in_experiment_workspace, repo_root
 
 GATE = GateConfig(metric="roc_auc", minimum=0.91, max_drop_from_champion=0.002)
 
@@ -36,7 +37,7 @@ def test_flatten_names_every_leaf_with_dotted_keys() -> None:
 
 
 def test_params_md5_ignores_key_order() -> None:
-    assert tracking.params_md5({"a": 1, "b": {"c": 2}}) == tracking.params_md5(
+    assert lineage.params_md5({"a": 1, "b": {"c": 2}}) == lineage.params_md5(
         {"b": {"c": 2}, "a": 1}
     )
 
@@ -50,17 +51,19 @@ def test_tracking_uri_defaults_to_absolute_sqlite_at_the_repo_root(
     workspace = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "tmpabc123"
     workspace.mkdir(parents=True)
 
-    assert tracking.repo_root(workspace) == tmp_path
-    assert tracking.repo_root(tmp_path / "src") == tmp_path
+    assert repo_root(workspace) == tmp_path
+    assert repo_root(tmp_path / "src") == tmp_path
     monkeypatch.chdir(workspace)
-    assert tracking.resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
-    assert tracking.resolve_tracking_uri("sqlite:///team.db") == f"sqlite:///{tmp_path}/team.db"
+    assert tracking_store.resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert (
+        tracking_store.resolve_tracking_uri("sqlite:///team.db") == f"sqlite:///{tmp_path}/team.db"
+    )
 
     monkeypatch.setenv("DVC_ROOT", "/srv/project")
-    assert tracking.resolve_tracking_uri(None) == "sqlite:////srv/project/mlflow.db"
-    assert tracking.resolve_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
+    assert tracking_store.resolve_tracking_uri(None) == "sqlite:////srv/project/mlflow.db"
+    assert tracking_store.resolve_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://override:5000")
-    assert tracking.resolve_tracking_uri("http://mlflow:5000") == "http://override:5000"
+    assert tracking_store.resolve_tracking_uri("http://mlflow:5000") == "http://override:5000"
 
 
 def test_experiment_workspaces_are_told_apart_from_the_repo(
@@ -70,9 +73,9 @@ def test_experiment_workspaces_are_told_apart_from_the_repo(
     workspace.mkdir(parents=True)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # what DVC sets for a queued experiment
     monkeypatch.chdir(workspace)
-    assert tracking.in_experiment_workspace()
+    assert in_experiment_workspace()
     monkeypatch.chdir(tmp_path)
-    assert not tracking.in_experiment_workspace()
+    assert not in_experiment_workspace()
 
 
 def test_sqlite_experiments_keep_artifacts_next_to_the_store() -> None:
@@ -99,11 +102,11 @@ def health_server() -> Iterator[str]:
 
 
 def test_reachability_check_passes_a_live_server_and_names_a_dead_one(health_server: str) -> None:
-    tracking.check_reachable(health_server)
-    tracking.check_reachable("sqlite:////nowhere/mlflow.db")  # not a server: nothing to check
+    tracking_store.check_reachable(health_server)
+    tracking_store.check_reachable("sqlite:////nowhere/mlflow.db")  # not a server: nothing to check
     dead = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(tracking.TrackingUnavailableError, match=dead.replace(".", r"\.")):
-        tracking.check_reachable(dead, timeout=2)
+    with pytest.raises(tracking_store.TrackingUnavailableError, match=dead.replace(".", r"\.")):
+        tracking_store.check_reachable(dead, timeout=2)
 
 
 def test_gate_passes_a_good_model_and_gives_reasons() -> None:

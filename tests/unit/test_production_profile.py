@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 from tabml.pipeline import compose
-from tabml.tracking import TrackingUnavailableError, check_reachable
+from tabml.tracking_store import TrackingUnavailableError, check_reachable
 
 CONF = REPO_ROOT / "conf"
 

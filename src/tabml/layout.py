@@ -1,0 +1,30 @@
+"""Where the pipeline puts things: every path and artifact file name, in one place.
+
+Paths are relative to the repository root, exactly as `dvc.yaml` and `dvc.lock` write them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DATA_DIR = Path("data")
+DATA_DVC = Path("data.dvc")
+PARAMS_FILE = Path("params.yaml")
+LOCK_FILE = Path("dvc.lock")
+DVC_YAML = Path("dvc.yaml")
+
+MODELS_DIR = Path("models")
+# The model artifacts serving needs, as file names under a models directory.
+CONTRACT_FILE = "contract.json"
+TRANSFORM_FILE = "feature_transform.json"
+MODEL_FILE = "model.txt"
+METADATA_FILE = "model_metadata.json"
+ARTIFACT_FILES = (CONTRACT_FILE, TRANSFORM_FILE, MODEL_FILE, METADATA_FILE)
+
+REPORTS_DIR = Path("reports")
+METRICS_FILE = REPORTS_DIR / "metrics.json"
+CURVES_FILE = REPORTS_DIR / "training_curve.json"
+PLOTS_DIR = REPORTS_DIR / "plots"
+
+# The stage that writes the model (its outputs identify a model in dvc.lock).
+MODEL_STAGE = "train"
