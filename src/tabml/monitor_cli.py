@@ -47,9 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="drift and realized metrics of a whole log")
     report.add_argument("--log", type=Path, required=True, help="prediction log directory")
     report.add_argument("--out", type=Path, required=True, help="where the report goes")
-    report.add_argument("--profile", type=Path, default=DEFAULT_PROFILE)
-    report.add_argument("--contract", type=Path, default=MODELS_DIR / CONTRACT_FILE)
-    report.add_argument("--params", type=Path, default=PARAMS_FILE)
+    report.add_argument(
+        "--profile",
+        type=Path,
+        default=DEFAULT_PROFILE,
+        help="reference profile of the served model (default: %(default)s)",
+    )
+    report.add_argument(
+        "--contract",
+        type=Path,
+        default=MODELS_DIR / CONTRACT_FILE,
+        help="data contract, for the feedback labels (default: %(default)s)",
+    )
+    report.add_argument(
+        "--params",
+        type=Path,
+        default=PARAMS_FILE,
+        help="thresholds: `monitor` and `decision.threshold` (default: %(default)s)",
+    )
     return parser
 
 
@@ -90,21 +105,34 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _shifts(entries: dict[str, dict[str, Any]]) -> str:
+    return ", ".join(
+        f"{name} {e['psi']:.3f} {e['verdict']}"
+        for name, e in entries.items()
+        if e["verdict"] not in (None, "stable")
+    )
+
+
 def _describe(summary: dict[str, Any]) -> list[str]:
+    """A few lines for the terminal: the whole log, then the days whose drift stands out."""
     if summary["no_predictions"]:
         return ["no predictions in this log"]
+    enough = summary["thresholds"]["min_window_records"]
     lines = []
     for model in summary["models"]:
-        shifted = [f for f in model["features"] if f["verdict"] != "stable"]
-        drift = ", ".join(f"{f['name']} {f['psi']:.3f} {f['verdict']}" for f in shifted)
-        realized = model["realized"]
+        realized, score = model["realized"], model["score"]
         accuracy = "-" if realized["accuracy"] is None else f"{realized['accuracy']:.4f}"
+        drift = _shifts({f["name"]: f for f in model["features"]})
         lines.append(
             f"{model['model_name']} v{model['model_version']}: {model['records']:,} records, "
             f"{model['labelled']:,} labelled, accuracy {accuracy}; "
-            f"score PSI {model['score']['psi']:.3f} {model['score']['verdict']}; "
+            f"score PSI {score['psi']:.3f} {score['verdict']}; "
             f"drift: {drift or 'all features stable'}"
         )
+        for day in model["by_day"]:
+            shifted = _shifts({**day["drift"]["features"], "score": day["drift"]["score"]})
+            if shifted and day["records"] >= enough:
+                lines.append(f"  {day['day']} ({day['records']:,} records): {shifted}")
     return lines
 
 

@@ -424,3 +424,14 @@ def test_missing_or_foreign_profile_exits_2(
     foreign.save(missing)
     code = monitor_cli.main([*args, "--profile", str(missing), "--contract", str(contract)])
     assert code == 2 and "['colour']" in capsys.readouterr().err
+
+
+def test_versions_are_listed_in_numeric_order(
+    adult: list[Row], profile_file: Path, tmp_path: Path
+) -> None:
+    row = adult[PROFILE_ROWS]
+    events = [prediction(row, DAY0, f"r{v}", 0, v) for v in ("10", "9", "canary")]
+    write_segment(tmp_path / "log" / "s.jsonl", events)
+    assert run(tmp_path / "log", tmp_path / "out", profile_file) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [m["model_version"] for m in summary["models"]] == ["canary", "9", "10"]

@@ -383,6 +383,11 @@ def _model_summary(
     }
 
 
+def _version_order(name: str, version: str) -> tuple[str, int, str]:
+    """Registry versions are numbers in strings: 10 comes after 9."""
+    return (name, int(version), "") if version.isdigit() else (name, -1, version)
+
+
 def summarize(
     scan: ScannedLog,
     profile: ReferenceProfile,
@@ -391,7 +396,7 @@ def summarize(
     log_dir: Path,
 ) -> dict[str, Any]:
     """The report as a JSON-ready dict (no NaN: a value that cannot be computed is None)."""
-    order = sorted(range(len(scan.models)), key=lambda g: scan.models[g])
+    order = sorted(range(len(scan.models)), key=lambda g: _version_order(*scan.models[g]))
     return {
         "format": FORMAT,
         "log": {

@@ -8,19 +8,22 @@ this is not an Evidently report).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:2rem;color:#1a202c;max-width:72rem}
+body{font-family:system-ui,sans-serif;margin:2rem;color:#1a202c;max-width:96rem}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}
 th,td{border-bottom:1px solid #e2e8f0;padding:.3rem .7rem;text-align:left;vertical-align:middle}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .stable{background:#c6f6d5}.moderate{background:#feebc8}.significant{background:#fed7d7}
 .verdict{padding:.1rem .5rem;border-radius:.3rem}
 .note{color:#9c4221}.muted{color:#718096}tr.muted td{opacity:.6}
-.ref{fill:#a0aec0}.cur{fill:#2b6cb0}.floor{stroke:#c53030;stroke-dasharray:4 3}
+.ref{fill:#a0aec0}.cur{fill:#2b6cb0}.floor{stroke:#c53030;stroke-width:2;stroke-dasharray:5 3}
+.axis{font-size:10px;fill:#718096}.wide{overflow-x:auto}
+table.compact th,table.compact td{padding:.2rem .4rem;font-size:.85rem;white-space:nowrap}
 """
 
 _CHART_HEIGHT = 48
@@ -58,24 +61,34 @@ def _histogram_svg(bins: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _accuracy_svg(days: Sequence[Mapping[str, Any]], floor: float) -> str:
-    """Realized accuracy per day (0 to 1) with the paging floor as a dashed line."""
+    """Realized accuracy per day, the paging floor as a dashed line; the axis starts at the
+    nearest tenth below both, so a drop of a few points is visible."""
+    values = [d["accuracy"] for d in days if d["accuracy"] is not None]
+    bottom = max(0.0, math.floor(min([*values, floor]) * 10) / 10 - 0.1)
+    height, step = 2 * _CHART_HEIGHT, 18
+
+    def y(value: float) -> float:
+        return height * (1 - (value - bottom) / (1 - bottom))
+
     bars = []
     for i, day in enumerate(days):
         value = day["accuracy"]
         if value is None:
             continue
-        height = _CHART_HEIGHT * value
         tip = escape(f"{day['day']}: accuracy {value:.4f} on {day['labelled']} labels")
         bars.append(
-            f'<rect class="cur" x="{i * 14}" y="{_CHART_HEIGHT - height:.1f}" width="10" '
-            f'height="{height:.1f}"><title>{tip}</title></rect>'
+            f'<rect class="cur" x="{30 + i * step}" y="{y(value):.1f}" width="{step - 4}" '
+            f'height="{height - y(value):.1f}"><title>{tip}</title></rect>'
         )
-    width = max(len(days) * 14, 14)
-    y = _CHART_HEIGHT * (1 - floor)
-    line = f'<line class="floor" x1="0" x2="{width}" y1="{y:.1f}" y2="{y:.1f}"/>'
+    width = 30 + max(len(days), 1) * step
+    axis = (
+        f'<text x="0" y="10" class="axis">1.0</text>'
+        f'<text x="0" y="{height}" class="axis">{bottom:.1f}</text>'
+    )
+    line = f'<line class="floor" x1="30" x2="{width}" y1="{y(floor):.1f}" y2="{y(floor):.1f}"/>'
     return (
-        f'<svg width="{width}" height="{_CHART_HEIGHT}" role="img" '
-        f'aria-label="realized accuracy per day">{"".join(bars)}{line}</svg>'
+        f'<svg width="{width}" height="{height}" role="img" '
+        f'aria-label="realized accuracy per day">{axis}{"".join(bars)}{line}</svg>'
     )
 
 
@@ -101,7 +114,10 @@ def _drift_by_day_table(days: Sequence[Mapping[str, Any]], min_records: int) -> 
         rows.append(
             f"<tr{few}><td>{day['day']}</td><td class='n'>{day['records']:,}</td>{cells}</tr>"
         )
-    return f"<table><tr><th>day</th><th>records</th>{head}</tr>{''.join(rows)}</table>"
+    return (
+        f"<div class='wide'><table class='compact'><tr><th>day</th><th>records</th>{head}</tr>"
+        f"{''.join(rows)}</table></div>"
+    )
 
 
 def _model_section(model: Mapping[str, Any], thresholds: Mapping[str, Any]) -> str:
