@@ -42,15 +42,24 @@ def test_first_run_builds_every_stage_and_meets_the_quality_bar(trained_repo: Pa
     run(["git", "diff", "--exit-code", "dvc.lock"], cwd=trained_repo)
 
 
+def test_the_reference_profile_describes_the_validation_split(trained_repo: Path) -> None:
+    profile = json.loads((trained_repo / "models" / "reference_profile.json").read_text())
+    contract = json.loads((trained_repo / "models" / "contract.json").read_text())
+    assert profile["rows"] == 6512  # the validation split prepare printed
+    assert [f["name"] for f in profile["features"]] == [c["name"] for c in contract["columns"]]
+    for histogram in [*profile["features"], profile["score"]]:
+        assert sum(histogram["fractions"]) == pytest.approx(1.0)
+
+
 def test_nothing_changed_runs_no_stage(trained_repo: Path) -> None:
     result = train(trained_repo)
     assert stages_run(result.stdout) == []
     assert "roc_auc" in result.stdout
 
 
-def test_model_parameter_change_runs_only_train_and_evaluate(repo_copy: Path) -> None:
+def test_model_parameter_change_runs_only_train_evaluate_and_profile(repo_copy: Path) -> None:
     result = train(repo_copy, "model.learning_rate=0.07")
-    assert stages_run(result.stdout) == ["train", "evaluate"]
+    assert stages_run(result.stdout) == ["train", "evaluate", "profile"]
     assert "learning_rate: 0.07" in (repo_copy / "params.yaml").read_text()
     lock = (repo_copy / "dvc.lock").read_text()
     assert "learning_rate: 0.07" in lock

@@ -1,0 +1,48 @@
+"""The prediction log's format: what the service writes and the batch tools read.
+
+A log directory holds segment files of JSON lines, one event per line. The service writes each
+segment as `<name>.jsonl.open` and renames it to `<name>.jsonl` when it closes it (rotation or
+shutdown), so readers take only closed segments and never see half a line. Segment names start
+with the writer's UTC start time, host and pid, so several workers (or replicas sharing a
+volume) never write the same file and names sort by time.
+
+Two event types share the log:
+
+* `prediction` (one per scored record; a batch of N gives N events with one request id):
+  `{"type": "prediction", "ts": <unix seconds>, "request_id": str, "index": int,
+  "model_name": str, "model_version": str, "record": {<validated raw input>},
+  "probability": float, "label": str, "latency_ms": float}`
+* `feedback` (a label that came back for a logged prediction):
+  `{"type": "feedback", "ts": <unix seconds>, "request_id": str, "index": int, "label": str}`
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SEGMENT_SUFFIX = ".jsonl"
+OPEN_SUFFIX = ".jsonl.open"
+PREDICTION = "prediction"
+FEEDBACK = "feedback"
+
+
+def closed_segments(log_dir: Path) -> list[Path]:
+    """Closed segment files under `log_dir` (any depth), oldest first."""
+    return sorted(Path(log_dir).rglob(f"*{SEGMENT_SUFFIX}"), key=lambda p: (p.name, str(p)))
+
+
+def read_events(
+    log_dir: Path, kinds: tuple[str, ...] = (PREDICTION, FEEDBACK)
+) -> Iterator[dict[str, Any]]:
+    """Every event of the given types from the closed segments, in segment order."""
+    wanted = set(kinds)
+    for segment in closed_segments(log_dir):
+        with open(segment, encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    event = json.loads(line)
+                    if event.get("type") in wanted:
+                        yield event
