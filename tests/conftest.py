@@ -87,12 +87,13 @@ def trained_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def pipeline_outputs() -> Path:
     """Bring the main checkout's pipeline outputs (models/, reports/) up to date once per session.
 
-    Serving and container tests use these artifacts; on a fresh clone this runs the whole
-    pipeline, afterwards it is a no-op of about a second.
+    Requested only by tests that use these artifacts (serving, container, the manifests' route
+    check): on a fresh clone this runs the whole pipeline, afterwards it is a no-op of about a
+    second. Unit tests never trigger it.
     """
     train(REPO_ROOT)
     return REPO_ROOT / "models"

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from tabml.lockfile import parse_lock
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,10 @@ class OutputCheck:
 
 def locked_outputs(lock_text: str) -> dict[tuple[str, str], str]:
     """(stage, output path) → md5, from the text of a dvc.lock file."""
-    stages = yaml.safe_load(lock_text)["stages"]
     return {
-        (stage, out["path"]): str(out["md5"])
-        for stage, entry in stages.items()
-        for out in entry.get("outs", [])
+        (stage, path): md5
+        for stage, outs in parse_lock(lock_text).stage_outputs.items()
+        for path, md5 in outs.items()
     }
 
 

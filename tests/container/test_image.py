@@ -39,6 +39,8 @@ import yaml
 from tests.conftest import REPO_ROOT
 from tests.processes import free_port
 
+from tabml.lockfile import read_lock
+
 BUILD_SCRIPT = REPO_ROOT / "docker" / "build-image.sh"
 VERIFY_SCRIPT = REPO_ROOT / "docker" / "verify_artifacts.py"
 OFFICIAL_BASE = "python:3.11-slim"
@@ -150,8 +152,8 @@ def remove_failed_build(output: str) -> None:
 
 
 def locked_md5(path: str, root: Path = REPO_ROOT) -> str:
-    stages = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    (md5,) = {o["md5"] for s in stages.values() for o in s.get("outs", []) if o["path"] == path}
+    md5 = read_lock(root / "dvc.lock").output_md5(path)
+    assert md5 is not None, f"dvc.lock records no output {path}"
     return md5
 
 

@@ -114,7 +114,7 @@ def test_port_and_user_match_the_image() -> None:
     assert "TABML_WORKERS" in dockerfile  # the image's CMD reads the variable set here
 
 
-def test_probes_point_at_real_routes() -> None:
+def test_probes_point_at_real_routes(pipeline_outputs: Path) -> None:
     from tabml.serving.app import create_app
 
     c = container()
