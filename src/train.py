@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tabml.cli import main
+from tabml.train_cli import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], usage=__doc__))

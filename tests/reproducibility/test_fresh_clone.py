@@ -106,7 +106,7 @@ def test_data_versions_can_be_restored_exactly(trained_repo: Path, tmp_path: Pat
     old_lock = locked_outputs((repo / "dvc.lock").read_text())
     old_data = dir_md5(repo / "data")
 
-    run([PYTHON, "-m", "tabml.new_batch", "--rows", "500", "--seed", "3"], cwd=repo)
+    run([PYTHON, "-m", "tabml.simulate_batch", "--rows", "500", "--seed", "3"], cwd=repo)
     result = train(repo, "--no-push")
     assert stages_run(result.stdout) == [
         "data.dvc",

@@ -6,7 +6,7 @@ workflow end to end: the next `python src/train.py` records the new data version
 retrains; committing data.dvc and dvc.lock versions both, and `git checkout <commit>` +
 `dvc checkout` returns to any earlier version exactly.
 
-usage: python -m tabml.new_batch [--rows 1000] [--seed 1] [--file data/adult.data]
+usage: python -m tabml.simulate_batch [--rows 1000] [--seed 1] [--file data/adult.data]
 """
 
 from __future__ import annotations
