@@ -187,17 +187,21 @@ def write_log(
 
 
 def shifts(model: dict[str, Any]) -> dict[str, Any]:
-    """The non-stable verdicts of one model version: over all records, and day by day."""
-
-    def shifted(entries: dict[str, dict[str, Any]]) -> dict[str, str]:
-        return {name: e["verdict"] for name, e in entries.items() if e["verdict"] != "stable"}
-
-    overall = {f["name"]: f for f in [*model["features"], model["score"]]}
+    """Every PSI over all records, and the days whose verdict is not stable."""
+    overall = [*model["features"], model["score"]]
     return {
-        "all_records": shifted(overall),
-        "by_day": {
-            day["day"]: shifted({**day["drift"]["features"], "score": day["drift"]["score"]})
+        "all_records_psi": {f["name"]: round(f["psi"], 4) for f in overall},
+        "shifted_days": {
+            day["day"]: {
+                name: f"{e['verdict']} ({e['psi']:.3f})"
+                for name, e in {**day["drift"]["features"], "score": day["drift"]["score"]}.items()
+                if e["verdict"] != "stable"
+            }
             for day in model["by_day"]
+            if any(
+                e["verdict"] != "stable"
+                for e in [*day["drift"]["features"].values(), day["drift"]["score"]]
+            )
         },
     }
 
