@@ -205,6 +205,24 @@ def test_binner_maps_records_and_agrees_with_the_profile_counts() -> None:
     )
 
 
+def test_binner_bins_many_records_as_it_bins_one() -> None:
+    binner = FeatureBinner(PROFILE)
+    stream = records(COLUMNS, range(2000))
+    stream[0] = {**stream[0], "native_country": "Atlantis", "workclass": math.nan}
+    rows = binner.bin_records(stream, SCORES[:2000])
+    one_by_one = [
+        [*binner.bin_record(r), binner.bin_score(s)]
+        for r, s in zip(stream, SCORES[:2000], strict=True)
+    ]
+    assert rows.tolist() == one_by_one
+
+
+def test_category_indices_agree_with_index_on_every_kind_of_value() -> None:
+    bins = CategoryBins(("a", "b"))
+    values = ["a", "b", "z", None, math.nan, np.float64("nan"), "A"]
+    assert bins.indices(values).tolist() == [bins.index(v) for v in values] == [0, 1, 2, 3, 3, 3, 2]
+
+
 def test_binner_treats_absent_nullable_columns_and_unknown_levels() -> None:
     binner = FeatureBinner(PROFILE)
     record = records(COLUMNS, range(1))[0]
@@ -244,6 +262,20 @@ def test_drift_window_sees_a_shift() -> None:
     assert verdict(window.feature_psi()["age"], CONFIG) == "significant"
     assert verdict(window.prediction_psi(), CONFIG) == "significant"
     assert verdict(window.feature_psi()["sex"], CONFIG) == "stable"
+
+
+def test_drift_windows_combine_by_adding_their_counts() -> None:
+    """Two workers' windows summed are the window of all their records (the service's
+    multi-worker /metrics)."""
+    stream = records(COLUMNS, range(1500))
+    first, second = DriftWindow(PROFILE, 1000, EPS), DriftWindow(PROFILE, 1000, EPS)
+    first.add(stream[:900], list(SCORES[:900]))
+    second.add(stream[900:], list(SCORES[900:1500]))
+    combined = first.counts() + second.counts()
+    features, score = scratch_psi(COLUMNS, SCORES, range(1500))
+    assert first.feature_psi(combined) == pytest.approx(features, abs=1e-12)
+    assert second.prediction_psi(combined) == pytest.approx(score, abs=1e-12)
+    assert first.feature_psi() == pytest.approx(scratch_psi(COLUMNS, SCORES, range(900))[0])
 
 
 def test_drift_window_rejects_mismatched_batches() -> None:
@@ -346,6 +378,18 @@ def test_realized_window_keeps_the_last_size_labels() -> None:
         )
 
 
+def test_realized_windows_combine_by_concatenating_their_pairs() -> None:
+    scores, labels = labelled(700, seed=5)
+    first, second = RealizedWindow(500, 0.5), RealizedWindow(500, 0.5)
+    first.add(list(scores[:400]), list(labels[:400]))
+    second.add(list(scores[400:]), list(labels[400:]))
+    (s1, y1), (s2, y2) = first.pairs(), second.pairs()
+    assert sorted(np.concatenate([s1, s2])) == sorted(scores)
+    assert roc_auc(np.concatenate([s1, s2]), np.concatenate([y1, y2])) == pytest.approx(
+        roc_auc_score(labels, scores), abs=1e-12
+    )
+
+
 def test_realized_window_is_consistent_under_concurrent_adds() -> None:
     scores, labels = labelled(2000, seed=11)
     window = RealizedWindow(2000, 0.5)
@@ -411,6 +455,7 @@ def test_profile_json_round_trip_is_byte_identical(tmp_path: Path) -> None:
     PROFILE.save(path)
     loaded = ReferenceProfile.load(path)
     assert loaded == PROFILE
+    assert loaded.monitor == CONFIG  # the settings the service applies travel with the bins
     again = tmp_path / "again.json"
     build_profile(COLUMNS, CONTRACT, SCORES, CONFIG).save(again)
     assert path.read_bytes() == again.read_bytes()
@@ -418,6 +463,8 @@ def test_profile_json_round_trip_is_byte_identical(tmp_path: Path) -> None:
     assert path.read_bytes() == again.read_bytes()
     with pytest.raises(ValueError, match="format"):
         ReferenceProfile.from_json('{"format": 99}')
+    bare = ReferenceProfile(PROFILE.rows, PROFILE.features, PROFILE.score)
+    assert ReferenceProfile.from_json(bare.to_json()).monitor is None
 
 
 def test_profile_excludes_features_and_checks_its_inputs() -> None:

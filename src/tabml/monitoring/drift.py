@@ -73,6 +73,19 @@ class FeatureBinner:
     def bin_score(self, score: float) -> int:
         return self._score.index(score)
 
+    def bin_records(
+        self, records: Sequence[Mapping[str, Any]], scores: Sequence[float] | np.ndarray
+    ) -> np.ndarray:
+        """Bin indices of many records, one row each: the features in profile order, then the
+        score. Column by column with each bin's vectorised `indices` (same bins as
+        `bin_record`), about a third of the per-record cost."""
+        columns = [
+            bins.indices([record.get(name) for record in records])
+            for name, bins in zip(self.features, self._bins, strict=True)
+        ]
+        columns.append(self._score.indices(scores))
+        return np.column_stack(columns)
+
 
 class DriftWindow:
     """The last `size` records' bins with running counts; thread-safe for a worker thread.
@@ -105,12 +118,9 @@ class DriftWindow:
             raise ValueError(f"{len(records)} records but {len(scores)} scores")
         if not records:
             return
-        binner = self._binner
-        local = [
-            [*binner.bin_record(r), binner.bin_score(s)]
-            for r, s in zip(records, scores, strict=True)
-        ]
-        rows = (np.asarray(local, dtype=np.intp) + self._offsets[:-1])[-self.size :]
+        # Only the last `size` records can stay in the window.
+        local = self._binner.bin_records(records[-self.size :], scores[-self.size :])
+        rows = local + self._offsets[:-1]
         with self._lock:
             slots = (self._next + np.arange(len(rows))) % self.size
             # Slots fill in order from 0, so a slot below the held count holds a record.
@@ -125,7 +135,12 @@ class DriftWindow:
         """How many records the window holds (at most `size`)."""
         return self._held
 
-    def _snapshot(self) -> np.ndarray:
+    def counts(self) -> np.ndarray:
+        """A copy of the count per bin (every feature's bins in profile order, then the score's).
+
+        Windows over the same profile combine by adding their counts: the service sums its
+        workers' windows this way and passes the sum to `feature_psi` / `prediction_psi`.
+        """
         with self._lock:
             return self._counts.copy()
 
@@ -133,14 +148,16 @@ class DriftWindow:
         start, stop = self._offsets[i], self._offsets[i + 1]
         return population_stability_index(self._expected[i], counts[start:stop], self.epsilon)
 
-    def feature_psi(self) -> dict[str, float]:
-        """PSI of every profiled feature against the reference (NaN while the window is empty)."""
-        counts = self._snapshot()
+    def feature_psi(self, counts: np.ndarray | None = None) -> dict[str, float]:
+        """PSI of every profiled feature against the reference (NaN while the window is empty),
+        of this window or of `counts` laid out as `counts()` returns them."""
+        counts = self.counts() if counts is None else counts
         return {name: self._psi(counts, i) for i, name in enumerate(self._binner.features)}
 
-    def prediction_psi(self) -> float:
-        """PSI of the predicted scores against the validation split's."""
-        return self._psi(self._snapshot(), len(self._expected) - 1)
+    def prediction_psi(self, counts: np.ndarray | None = None) -> float:
+        """PSI of the predicted scores against the validation split's (as `feature_psi`)."""
+        counts = self.counts() if counts is None else counts
+        return self._psi(counts, len(self._expected) - 1)
 
     def memory_bytes(self) -> int:
         return self._rows.nbytes + self._counts.nbytes

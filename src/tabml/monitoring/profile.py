@@ -1,9 +1,11 @@
 """The reference profile: how the validation split is distributed, bin by bin.
 
 Built once per model by the pipeline and shipped with it, so the service, the batch report and
-the loop compare live traffic with the same reference. The JSON file has sorted keys and
-features in contract order: the same data and configuration give a byte-identical file, which
-keeps the DVC stage that writes it reproducible.
+the loop compare live traffic with the same reference. It also carries the `monitor`
+configuration it was built with (window sizes, epsilon, thresholds): the serving image has no
+params.yaml, so this verified artifact is how conf/monitor reaches the service. The JSON file has
+sorted keys and features in contract order: the same data and configuration give a
+byte-identical file, which keeps the DVC stage that writes it reproducible.
 """
 
 from __future__ import annotations
@@ -69,19 +71,23 @@ class Histogram:
 
 @dataclass(frozen=True)
 class ReferenceProfile:
-    """Per-feature histograms (contract order) and the predicted-score histogram of `rows` rows."""
+    """Per-feature histograms (contract order) and the predicted-score histogram of `rows` rows,
+    with the monitor configuration that built them (None for a profile made without one)."""
 
     rows: int
     features: Mapping[str, Histogram]
     score: Histogram
+    monitor: MonitorConfig | None = None
 
     def to_json(self) -> str:
-        document = {
+        document: dict[str, Any] = {
             "format": FORMAT,
             "rows": self.rows,
             "features": [{"name": name, **h.to_dict()} for name, h in self.features.items()],
             "score": self.score.to_dict(),
         }
+        if self.monitor is not None:
+            document["monitor"] = self.monitor.model_dump(mode="json")
         return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -89,10 +95,16 @@ class ReferenceProfile:
         raw = json.loads(text)
         if raw.get("format") != FORMAT:
             raise ValueError(f"profile format {raw.get('format')!r}, expected {FORMAT}")
+        monitor = None
+        if "monitor" in raw:
+            from tabml.config import MonitorConfig  # pydantic, only for profiles that carry it
+
+            monitor = MonitorConfig.model_validate(raw["monitor"])
         return cls(
             rows=int(raw["rows"]),
             features={f["name"]: Histogram.from_dict(f) for f in raw["features"]},
             score=Histogram.from_dict(raw["score"]),
+            monitor=monitor,
         )
 
     def save(self, path: Path) -> None:
@@ -134,4 +146,4 @@ def build_profile(
             bins = NumericBins.fit(values, config.numeric_bins)
         features[spec.name] = Histogram.of(bins, values)
     score = Histogram.of(NumericBins.fit(scores, config.score_bins), scores)
-    return ReferenceProfile(rows=len(scores), features=features, score=score)
+    return ReferenceProfile(rows=len(scores), features=features, score=score, monitor=config)

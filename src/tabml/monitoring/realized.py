@@ -85,13 +85,15 @@ class RealizedWindow:
         """How many labelled predictions the window holds (at most `size`)."""
         return self._held
 
-    def _held_pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        # Slots fill in order from 0; metrics do not depend on the order of the pairs.
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the held scores and labels, in no particular order: windows combine by
+        concatenating them (the service's workers do), and the metrics do not depend on order."""
+        # Slots fill in order from 0, so the first `held` are the ones in use.
         with self._lock:
             return self._scores[: self._held].copy(), self._labels[: self._held].copy()
 
     def accuracy(self) -> float | None:
-        return accuracy(*self._held_pairs(), self.threshold)
+        return accuracy(*self.pairs(), self.threshold)
 
     def roc_auc(self) -> float | None:
-        return roc_auc(*self._held_pairs())
+        return roc_auc(*self.pairs())
