@@ -128,6 +128,23 @@ class MonitorConfig(_Section):
         return self
 
 
+class CompareConfig(_Section):
+    """Champion/challenger decision from served traffic (see `tabml.monitoring.compare` and
+    conf/compare/)."""
+
+    margin: float = Field(ge=0, lt=1)
+    confidence: float = Field(gt=0.5, lt=1)
+    min_labelled: int = Field(ge=2)
+    interval_level: float = Field(gt=0, lt=1)
+    score_quantiles: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _quantiles_are_probabilities(self) -> CompareConfig:
+        if any(not 0 <= q <= 1 for q in self.score_quantiles):
+            raise ValueError("score_quantiles must lie in [0, 1]")
+        return self
+
+
 class Params(_Section):
     seed: int
     dataset: DatasetConfig
@@ -140,6 +157,7 @@ class Params(_Section):
     tracking: TrackingConfig
     gate: GateConfig
     monitor: MonitorConfig
+    compare: CompareConfig
 
     @model_validator(mode="after")
     def _monitored_features_exist(self) -> Params:
