@@ -38,6 +38,9 @@ class FileConfig(_Section):
 class DatasetConfig(DataContract):
     source: SourceConfig
     files: dict[str, FileConfig]
+    #: Directory under data/ whose `*.data` files (raw format, no header) are further labelled
+    #: training rows, e.g. feedback the continuous-training loop turned into a data version.
+    batches_dir: str = "batches"
 
     def contract(self) -> DataContract:
         return DataContract.model_validate(self.model_dump(include=set(DataContract.model_fields)))
@@ -145,6 +148,19 @@ class CompareConfig(_Section):
         return self
 
 
+class LoopConfig(_Section):
+    """Continuous training (see `tabml.loop` and conf/loop/)."""
+
+    log_dir: str
+    min_new_labels: int = Field(ge=1)
+    max_model_age_days: float = Field(gt=0)
+    branch: str
+    push: bool
+    route: str = Field(pattern=r"^(canary:(0(\.\d+)?|1(\.0+)?)|shadow)$")
+    bundle_dir: str
+    reload_url: str
+
+
 class Params(_Section):
     seed: int
     dataset: DatasetConfig
@@ -158,6 +174,7 @@ class Params(_Section):
     gate: GateConfig
     monitor: MonitorConfig
     compare: CompareConfig
+    loop: LoopConfig
 
     @model_validator(mode="after")
     def _monitored_features_exist(self) -> Params:

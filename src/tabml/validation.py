@@ -6,6 +6,8 @@ example lines, so one run shows everything wrong with a file.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
@@ -72,3 +74,28 @@ def validate_raw(frame: pd.DataFrame, contract: DataContract, source: str) -> pd
         return build_schema(contract).validate(frame, lazy=True)
     except SchemaErrors as exc:
         raise DataContractError(_describe(exc, source)) from None
+
+
+def keep_valid_rows(
+    frame: pd.DataFrame, contract: DataContract, source: str
+) -> tuple[pd.DataFrame, dict[Any, str]]:
+    """Split a frame into the rows that pass the contract and a message per failing row (by
+    index).
+
+    For data that must not block the rest (feedback turned into a batch): failing rows are
+    reported and left out, never fixed. A problem with the frame as a whole (a missing column)
+    still raises DataContractError.
+    """
+    try:
+        return build_schema(contract).validate(frame, lazy=True), {}
+    except SchemaErrors as exc:
+        cases = exc.failure_cases
+        if cases["index"].isna().any():
+            raise DataContractError(_describe(exc, source)) from None
+        problems: dict[Any, str] = {}
+        for idx, column, check, value in zip(
+            cases["index"], cases["column"], cases["check"], cases["failure_case"], strict=True
+        ):
+            problems.setdefault(idx, f"{source}: row {idx}: column {column!r} {check!r}: {value!r}")
+        kept = frame.drop(index=list(problems))
+        return build_schema(contract).validate(kept, lazy=True), problems

@@ -198,3 +198,29 @@ def test_a_change_to_code_no_stage_imports_reruns_nothing(repo_copy: Path) -> No
     result = train(repo_copy)
     assert stages_run(result.stdout) == []
     assert snapshot(repo_copy) == before
+
+
+def test_a_labelled_batch_extends_the_training_split_and_never_the_holdout(
+    repo_copy: Path,
+) -> None:
+    batches = repo_copy / "data" / "batches"
+    batches.mkdir()
+    lines = (repo_copy / "data" / "adult.data").read_text().splitlines(keepends=True)[:300]
+    (batches / "feedback-1.data").write_text("".join(lines))
+    result = train(repo_copy)
+    assert "new data version" in result.stdout
+    assert stages_run(result.stdout)[:3] == ["data.dvc", "validate", "prepare"]
+    report = json.loads((repo_copy / "reports" / "data_validation.json").read_text())
+    assert report["train"]["rows"] == 32561 + 300
+    assert report["train"]["batches"] == ["batches/feedback-1.data"]
+    assert report["test"]["rows"] == 16281
+    metrics = json.loads((repo_copy / "reports" / "metrics.json").read_text())["test"]
+    assert metrics["rows"] == 16281
+
+    # A batch that breaks the contract fails validate, naming the file and the line.
+    (batches / "feedback-2.data").write_text(lines[0].replace("39, ", "390, ", 1))
+    before = snapshot(repo_copy)
+    failed = train(repo_copy, check=False)
+    assert failed.returncode == 1
+    assert "feedback-2.data" in failed.stderr and "line 1" in failed.stderr
+    assert snapshot(repo_copy) == before

@@ -9,11 +9,16 @@ import argparse
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from tabml.atomic import write_text_atomic, write_with
 from tabml.config import load_params
 from tabml.data import read_raw
 from tabml.stages._runner import run_stage
 from tabml.validation import DataContractError, validate_raw
+
+#: The split that labelled batches extend; the test file stays the fixed holdout.
+TRAIN_SPLIT = "train"
 
 
 def main() -> None:
@@ -27,17 +32,27 @@ def main() -> None:
     dataset = load_params().dataset
     contract = dataset.contract()
     report, failures, typed = {}, [], {}
-    for split, spec in sorted(dataset.files.items()):
-        path = args.data / spec.name
-        try:
-            frame = validate_raw(read_raw(path, contract, spec.skip_rows), contract, str(path))
-        except DataContractError as exc:
-            failures.append(str(exc))
+    sources = {split: [(spec.name, spec.skip_rows)] for split, spec in dataset.files.items()}
+    batches = sorted((args.data / dataset.batches_dir).glob("*.data"))
+    sources[TRAIN_SPLIT] += [(path.relative_to(args.data).as_posix(), 0) for path in batches]
+    for split, files in sorted(sources.items()):
+        frames = []
+        for name, skip_rows in files:
+            path = args.data / name
+            try:
+                frames.append(
+                    validate_raw(read_raw(path, contract, skip_rows), contract, str(path))
+                )
+            except DataContractError as exc:
+                failures.append(str(exc))
+        if len(frames) != len(files):
             continue
+        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         typed[split] = frame
         label = frame[contract.label.column]
         report[split] = {
-            "file": spec.name,
+            "file": files[0][0],
+            **({"batches": [name for name, _ in files[1:]]} if len(files) > 1 else {}),
             "rows": len(frame),
             "positive_rate": round(float((label == contract.label.positive).mean()), 6),
             "nulls": {col: int(n) for col, n in frame.isna().sum().items() if n},
