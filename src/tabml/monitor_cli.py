@@ -7,6 +7,12 @@ works as it is), joins the feedback labels with their predictions and writes `su
 a self-contained `report.html` into --out. The reference profile, the contract and the
 thresholds (params.yaml `monitor` and `decision.threshold`) default to the workspace's.
 Exit status 2 names the file (and line) that could not be used.
+
+  tabml-monitor compare --log /var/log/tabml --bundle /srv/tabml/bundle [--json compare.json]
+
+compares the champion with the challenger on the same log: realized accuracy and ROC AUC with
+confidence intervals, scores and latency per version, and a promote / collect / reject decision
+(`tabml.monitoring.compare`, rule in params.yaml `compare`; `tabml-monitor compare --help`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from tabml.monitoring.report_html import render_html
 DEFAULT_PROFILE = MODELS_DIR / "reference_profile.json"
 SUMMARY_FILE = "summary.json"
 HTML_FILE = "report.html"
+COMPARE = "compare"
 
 
 class InputError(TabmlError):
@@ -64,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=PARAMS_FILE,
         help="thresholds: `monitor` and `decision.threshold` (default: %(default)s)",
+    )
+    # Listed here for --help; its arguments are tabml.monitoring.compare's own.
+    commands.add_parser(
+        COMPARE, add_help=False, help="champion vs challenger: realized metrics and a decision"
     )
     return parser
 
@@ -137,6 +148,11 @@ def _describe(summary: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [COMPARE]:
+        from tabml.monitoring.compare import main as compare
+
+        return compare(argv[1:], prog=f"tabml-monitor {COMPARE}")
     args = build_parser().parse_args(argv)
     try:
         summary = report(args)
