@@ -12,8 +12,10 @@ The common case, a model that is already tracked, is answered without importing 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -47,8 +49,6 @@ class Preloader:
     """
 
     def __init__(self, uri: str, experiment: str, delay: float = 1.5) -> None:
-        import threading
-
         self._key = (uri, experiment)
         self._cancelled = threading.Event()
         self.error: BaseException | None = None
@@ -58,6 +58,10 @@ class Preloader:
     def _run(self, delay: float) -> None:
         if self._cancelled.wait(delay):
             return
+        # Lowest CPU priority for this thread only (Linux schedules threads as tasks): the
+        # stages keep the cores, the import gets what they leave idle.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
             _connection(*self._key)
         except BaseException as exc:  # reported by track_model's own connect, not here
