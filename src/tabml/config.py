@@ -159,6 +159,7 @@ class LoopConfig(_Section):
     route: str = Field(pattern=r"^(canary:(0(\.\d+)?|1(\.0+)?)|shadow)$")
     bundle_dir: str
     reload_url: str
+    reload_command: str
 
 
 class Params(_Section):

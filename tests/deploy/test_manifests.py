@@ -64,7 +64,16 @@ def mebibytes(quantity: str) -> float:
 
 def test_manifests_exist() -> None:
     kinds = sorted(d["kind"] for d in documents())
-    assert kinds == ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+    assert kinds == [
+        "CronJob",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
     assert one("HorizontalPodAutoscaler")["apiVersion"] == "autoscaling/v2"
     assert one("PodDisruptionBudget")["apiVersion"] == "policy/v1"
 

@@ -51,9 +51,21 @@ def publish(params: Params, with_challenger: bool, say: Say) -> None:
 
 
 def reload_service(params: Params, say: Say) -> None:
+    if params.loop.reload_command:
+        import shlex
+        import subprocess
+
+        done = subprocess.run(shlex.split(params.loop.reload_command), check=False)
+        if done.returncode != 0:
+            raise LoopStepError(
+                f"`{params.loop.reload_command}` exited {done.returncode}; the bundle is "
+                "written, the next run retries the reload"
+            )
+        say(f"reload: {params.loop.reload_command}")
     url = params.loop.reload_url
     if not url:
-        say("reload: no loop.reload_url; the service picks the bundle up on its next SIGHUP")
+        if not params.loop.reload_command:
+            say("reload: neither loop.reload_url nor loop.reload_command; SIGHUP the service")
         return
     request = urllib.request.Request(
         url.rstrip("/") + "/admin/reload",
