@@ -1,0 +1,280 @@
+"""Shadow scoring: the challenger scores a copy of champion-answered requests, off the response
+path, for the prediction log only.
+
+A request answered by the champion hands its validated records to `ShadowScorer.submit`: an
+append to a bounded list under a lock (about a microsecond); the response does not wait for the
+challenger. One daemon thread per process takes everything queued, scores it with one call per
+version (up to `MAX_ROWS_PER_CALL` rows, so many single-record requests cost one LightGBM call,
+not one each; LightGBM releases the GIL while it predicts) and hands each request's
+probabilities to `on_scored` (the service logs them as prediction events marked
+`"shadow": true`, with the request id of the champion's answer).
+
+Nothing the challenger does reaches a client:
+
+* a full queue (more than `capacity` rows waiting) drops the copy and counts its rows;
+* a challenger that raises is counted (rows) and logged: the first failure of each version with
+  its traceback, then one summary line per `FAILURE_LOG_SECONDS`. When a combined call fails,
+  each request of it is retried alone, so one bad request does not cost the others' scores;
+* records the champion validated are validated again by the challenger's own schema when the
+  two data contracts differ (`revalidate`); a record it refuses counts as a failure.
+
+Jobs carry the challenger version they were submitted for, so a reload never scores a request
+with a version that was not serving when it was answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger("tabml.serving.shadow")
+
+#: Most rows scored in one challenger call.
+MAX_ROWS_PER_CALL = 1024
+#: Seconds between summary lines while a challenger keeps failing.
+FAILURE_LOG_SECONDS = 60.0
+#: Longest the thread sleeps when nothing is queued (it is woken on submit).
+IDLE_WAIT = 1.0
+
+
+class ShadowVersion(Protocol):
+    """What shadow scoring needs of a model version (`tabml.serving.versions.ModelVersion`)."""
+
+    id: str
+
+    def score(self, records: Sequence[Any]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    """A copy of one answered request, for the challenger."""
+
+    version: ShadowVersion
+    records: Sequence[Any]
+    request_id: str
+    #: when the champion's answer was produced (unix seconds)
+    ts: float
+    #: the version that answered the client
+    answered_by: str
+    #: validate the records again with this (the challenger's own schema), or None
+    revalidate: Callable[[list[Any]], list[Any]] | None = None
+
+
+@dataclass
+class ShadowStats:
+    """Rows submitted, scored, dropped (queue full) and failed (challenger error)."""
+
+    submitted: int = 0
+    scored: int = 0
+    dropped: int = 0
+    failed: int = 0
+
+
+OnScored = Callable[[ShadowJob, np.ndarray, float], None]
+
+
+@dataclass
+class _FailureLog:
+    logged_once: set[str] = field(default_factory=set)
+    since_summary: int = 0
+    last_summary: float = 0.0
+
+
+class ShadowScorer:
+    """Bounded queue + one thread scoring shadow copies with the challenger."""
+
+    def __init__(
+        self,
+        on_scored: OnScored,
+        *,
+        capacity: int,
+        on_dropped: Callable[[int], None] | None = None,
+        on_failed: Callable[[str, int], None] | None = None,
+        max_rows_per_call: int = MAX_ROWS_PER_CALL,
+    ) -> None:
+        """`on_scored(job, probabilities, seconds)` runs on the thread for each scored job
+        (`seconds`: the challenger's scoring time of the call it was in); `on_dropped(rows)` and
+        `on_failed(version_id, rows)` feed counters. `capacity` is in rows."""
+        if capacity < 1:
+            raise ValueError("capacity must be at least one row")
+        self.capacity = capacity
+        self.max_rows_per_call = max_rows_per_call
+        self.stats = ShadowStats()
+        self._on_scored = on_scored
+        self._on_dropped = on_dropped
+        self._on_failed = on_failed
+        self._pending: list[ShadowJob] = []
+        self._queued_rows = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Condition(self._lock)
+        self._busy = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._failures = _FailureLog()
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="tabml-shadow", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Score what is queued (within `timeout`), then end the thread."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        thread.join(timeout)
+        if thread.is_alive():
+            log.error("shadow scoring did not finish within %s s", timeout)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until everything submitted so far is scored (tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    # request path -----------------------------------------------------------------------------
+
+    def submit(self, job: ShadowJob) -> bool:
+        """Queue a copy (any thread); never blocks, never raises. False: dropped, queue full."""
+        rows = len(job.records)
+        with self._lock:
+            accepted = self._queued_rows + rows <= self.capacity
+            if accepted:
+                self._queued_rows += rows
+                self._pending.append(job)
+                self.stats.submitted += rows
+            else:
+                self.stats.dropped += rows
+        if not accepted:
+            if self._on_dropped is not None:
+                try:
+                    self._on_dropped(rows)
+                except Exception:  # a counter must not fail a request
+                    log.exception("counting a dropped shadow request failed")
+            return False
+        if not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    # the thread -------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(IDLE_WAIT)
+            self._wake.clear()
+            with self._lock:
+                jobs, self._pending, self._queued_rows = self._pending, [], 0
+                self._busy = bool(jobs)
+                stopping = self._stopping
+            try:
+                if jobs:
+                    self._score_all(jobs)
+            except Exception:  # a bug here must not end shadow scoring for good
+                log.exception("shadow scoring failed on a batch")
+            finally:
+                with self._idle:
+                    self._busy = False
+                    self._idle.notify_all()
+            if stopping:
+                if not jobs:
+                    return
+                self._wake.set()  # take what arrived meanwhile without waiting
+
+    def _score_all(self, jobs: list[ShadowJob]) -> None:
+        by_version: dict[int, list[ShadowJob]] = {}
+        for job in jobs:
+            by_version.setdefault(id(job.version), []).append(job)
+        for group in by_version.values():
+            call: list[ShadowJob] = []
+            rows = 0
+            for job in group:
+                if call and rows + len(job.records) > self.max_rows_per_call:
+                    self._score_call(call)
+                    call, rows = [], 0
+                call.append(job)
+                rows += len(job.records)
+            if call:
+                self._score_call(call)
+
+    def _score_call(self, jobs: list[ShadowJob]) -> None:
+        version = jobs[0].version
+        started = time.perf_counter()
+        try:
+            records = [r for job in jobs for r in self._records(job)]
+            probabilities = version.score(records)
+        except Exception as exc:
+            if len(jobs) > 1:  # find the requests that fail; score the others
+                for job in jobs:
+                    self._score_call([job])
+                return
+            self._failed(jobs[0], exc)
+            return
+        seconds = time.perf_counter() - started
+        start = 0
+        for job in jobs:
+            end = start + len(job.records)
+            self.stats.scored += len(job.records)
+            try:
+                self._on_scored(job, probabilities[start:end], seconds)
+            except Exception:
+                log.exception("recording a shadow score failed")
+            start = end
+
+    @staticmethod
+    def _records(job: ShadowJob) -> list[Any]:
+        records = list(job.records)
+        return job.revalidate(records) if job.revalidate is not None else records
+
+    def _failed(self, job: ShadowJob, exc: Exception) -> None:
+        rows = len(job.records)
+        self.stats.failed += rows
+        if self._on_failed is not None:
+            try:
+                self._on_failed(job.version.id, rows)
+            except Exception:
+                log.exception("counting a failed shadow request failed")
+        failures, now = self._failures, time.monotonic()
+        failures.since_summary += 1
+        if job.version.id not in failures.logged_once:
+            failures.logged_once.add(job.version.id)
+            failures.last_summary, failures.since_summary = now, 0
+            log.error(
+                "challenger %s failed to score a shadow request (request %s); clients are not "
+                "affected. Further failures are summarised every %.0f s",
+                job.version.id,
+                job.request_id,
+                FAILURE_LOG_SECONDS,
+                exc_info=exc,
+            )
+        elif now - failures.last_summary >= FAILURE_LOG_SECONDS:
+            log.error(
+                "challenger %s failed on %d more shadow request(s) in the last %.0f s; last: %s",
+                job.version.id,
+                failures.since_summary,
+                now - failures.last_summary,
+                exc,
+            )
+            failures.last_summary, failures.since_summary = now, 0
