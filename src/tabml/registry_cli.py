@@ -1,5 +1,5 @@
 """`tabml-registry`: list model versions, promote one to champion, roll champion back, show the
-history of alias moves.
+history of alias moves, and export the served versions as a bundle.
 
 The registered model name and the tracking URI default to those of params.yaml in the current
 directory (`tracking.registered_model`, and `tracking.uri` / MLFLOW_TRACKING_URI / the local
@@ -10,6 +10,16 @@ sqlite store), so inside the project no option is needed.
   tabml-registry rollback --reason "v4 misbehaves on new traffic"
   tabml-registry history
   tabml-registry track              # log the workspace model after a plain `dvc repro`
+
+  tabml-registry export --alias champion --alias candidate --out /srv/tabml/bundle
+  tabml-registry promote 4 --bundle /srv/tabml/bundle --reload-url http://tabml-serve:8000
+  tabml-registry rollback --bundle /srv/tabml/bundle --reload-pid "$(pgrep -o tabml-serve)"
+
+`export` writes a bundle (tabml.bundle): the first alias's version as champion, the second's as
+challenger. `--bundle` on promote and rollback rewrites it after moving the alias: the new
+champion, and the bundle's challenger unless it has just become champion. `--reload-url` POSTs
+<url>/admin/reload with the token in TABML_ADMIN_TOKEN, `--reload-pid` sends SIGHUP: the service
+loads the new bundle (tabml.service_reload).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tabml.config import PARAMS_FILE, ConfigError, load_params
+from tabml.errors import TabmlError
 from tabml.tracking_store import TrackingUnavailableError, check_reachable, resolve_tracking_uri
 
 
@@ -39,8 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument(
         "--force", action="store_true", help="promote even if the version failed its gate"
     )
+    _bundle_options(promote, "--bundle", "rewrite this bundle with the new champion")
     rollback = commands.add_parser("rollback", help="give champion back to the previous one")
     rollback.add_argument("--reason", default="rolled back by hand")
+    _bundle_options(rollback, "--bundle", "rewrite this bundle with the new champion")
+    export = commands.add_parser("export", help="write the versions of aliases as a bundle")
+    export.add_argument(
+        "--alias",
+        action="append",
+        required=True,
+        help="champion's alias, then (optional, repeat the option) the challenger's",
+    )
+    _bundle_options(export, "--out", "the bundle directory to write", required=True)
     commands.add_parser("history", help="every recorded alias move, oldest first")
     commands.add_parser(
         "track",
@@ -48,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         "not); `python src/train.py` does this after every run",
     )
     return parser
+
+
+def _bundle_options(
+    parser: argparse.ArgumentParser, flag: str, help: str, required: bool = False
+) -> None:
+    parser.add_argument(flag, dest="bundle", type=Path, required=required, help=help)
+    parser.add_argument("--reload-url", help="then POST <url>/admin/reload (TABML_ADMIN_TOKEN)")
+    parser.add_argument("--reload-pid", type=int, help="then send SIGHUP to this service process")
 
 
 def _defaults(args: argparse.Namespace) -> tuple[str, str]:
@@ -98,11 +127,16 @@ def print_versions(client, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    reloads = getattr(args, "reload_url", None) or getattr(args, "reload_pid", None)
+    if reloads and getattr(args, "bundle", None) is None:
+        parser.error("--reload-url and --reload-pid need --bundle")
     try:
         uri, name = _defaults(args)
         check_reachable(uri)
-    except (ConfigError, TrackingUnavailableError) as exc:
+        token = _admin_token(args)
+    except (ConfigError, TrackingUnavailableError, TabmlError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -131,11 +165,46 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "rollback":
             move = registry.rollback(client, name, args.reason)
             print(f"{name}: champion v{move.previous} -> v{move.version} (rollback)")
-    except registry.RegistryError as exc:
+        if args.command in ("promote", "rollback", "export") and args.bundle is not None:
+            return _write_bundle(client, name, args, token)
+    except TabmlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except MlflowException as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+    except (registry.RegistryError, MlflowException) as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    if not getattr(args, "reload_url", None):
+        return None
+    from tabml.service_reload import admin_token
+
+    return admin_token()
+
+
+def _write_bundle(client, name: str, args: argparse.Namespace, token: str | None) -> int:
+    """Export (or, after promote and rollback, rewrite) the bundle, then ask for a reload."""
+    from tabml.bundle_export import export_aliases, rewrite_bundle
+    from tabml.service_reload import ReloadError, reload_by_signal, reload_over_http
+
+    if args.command == "export":
+        bundle = export_aliases(client, name, args.alias, args.bundle)
+    else:
+        bundle = rewrite_bundle(client, name, args.bundle)
+    roles = ", ".join(f"{role} {version}" for role, version in bundle.roles.items())
+    print(f"wrote bundle {args.bundle}: {roles}")
+    try:
+        if args.reload_url:
+            assert token is not None
+            answer = reload_over_http(args.reload_url, token)
+            print(f"reloaded {args.reload_url}: {answer}")
+        if args.reload_pid:
+            reload_by_signal(args.reload_pid)
+            print(f"sent SIGHUP to {args.reload_pid}")
+    except ReloadError as exc:
+        print(f"error: bundle written, but the reload failed: {exc}", file=sys.stderr)
         return 1
     return 0
 
