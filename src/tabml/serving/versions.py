@@ -3,12 +3,13 @@ together with the route in one immutable snapshot.
 
 Where the versions come from (`ModelSources`):
 
-* default: the plain models directory (`TABML_MODEL_DIR`, `models/`) checked against
-  `TABML_DVC_LOCK` exactly as before bundles existed (`TABML_ALLOW_MD5_MISMATCH` and
-  `TABML_MODEL_VERSION` apply to it only); it is the champion, there is no challenger;
 * `--bundle DIR` (`TABML_BUNDLE`): a bundle (`tabml.bundle`), every file md5-checked on load; its
-  `champion` role answers, its `challenger` role (if any) is the challenger. A plain models
-  directory given here is read as a one-version bundle checked against `DIR/../dvc.lock`;
+  `champion` role answers, its `challenger` role (if any) is the challenger;
+* default: the models directory (`TABML_MODEL_DIR`, `models/`) as a one-version bundle, checked
+  against `TABML_DVC_LOCK` exactly as before bundles existed (`TABML_ALLOW_MD5_MISMATCH` and
+  `TABML_MODEL_VERSION` apply to a plain models directory only). A plain models directory given
+  as `--bundle` is checked the same way against `DIR/../dvc.lock`, and a models directory that
+  holds a `bundle.json` is read as the bundle it is;
 * `--challenger DIR` (`TABML_CHALLENGER`): one more version, overriding the bundle's challenger:
   a plain models directory copied from another checkout, checked against
   `--challenger-dvc-lock` (`TABML_CHALLENGER_DVC_LOCK`, default `DIR/../dvc.lock`), or a bundle,
@@ -361,24 +362,29 @@ def load_served_models(
     """
     common: dict[str, Any] = {"threshold": sources.threshold, "max_batch": sources.max_batch}
     challenger: ModelVersion | None = None
-    if sources.bundle is not None:
-        bundle = load_bundle(sources.bundle)
+    directory = Path(sources.bundle if sources.bundle is not None else sources.model_dir)
+    if sources.bundle is not None and not directory.is_dir():
+        raise BundleError(f"bundle {directory} does not exist")
+    if (directory / MANIFEST_FILE).is_file():
+        if sources.model_version is not None:
+            log.warning("TABML_MODEL_VERSION is ignored: the bundle names its versions")
+        bundle = load_bundle(directory)
         champion = load_bundle_version(bundle.version(CHAMPION), name=sources.model_name, **common)
         if bundle.challenger is not None and sources.challenger is None:
             challenger = load_bundle_version(
                 bundle.version(CHALLENGER), name=champion.name, **common
             )
         source = str(bundle.path)
-    else:
+    else:  # a plain models directory, checked as the service always did
         champion = load_models_dir_version(
-            sources.model_dir,
-            sources.dvc_lock,
+            directory,
+            sources.dvc_lock if sources.bundle is None else directory.parent / LOCK_FILE,
             allow_md5_mismatch=sources.allow_md5_mismatch,
             name=sources.model_name,
             version=sources.model_version,
             **common,
         )
-        source = str(sources.model_dir)
+        source = str(directory)
     if sources.challenger is not None:
         other = challenger_bundle_version(sources.challenger, sources.challenger_dvc_lock)
         challenger = load_bundle_version(other, name=champion.name, **common)

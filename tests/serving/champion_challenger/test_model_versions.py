@@ -171,3 +171,17 @@ def test_shadow_scores_of_a_real_challenger_equal_its_offline_ones(
     for i in range(0, 500, 5):
         assert np.array_equal(results[f"r{i}"], holdout.challenger[i : i + 5])
     assert submitting < 1.0  # parsing dominates; submit itself never waits
+
+
+def test_where_the_champion_comes_from(champion_checkout, challenger_checkout, tmp_path) -> None:
+    bundle = bundle_of(tmp_path / "bundle", champion_checkout, challenger_checkout)
+    # a models directory that holds a bundle.json is that bundle (TABML_MODEL_DIR=<bundle>)
+    served = load_served_models(ModelSources(model_dir=bundle, dvc_lock=tmp_path / "none"))
+    assert served.challenger is not None and served.champion.provenance is not None
+    # a plain models directory as --bundle: checked against DIR/../dvc.lock
+    plain = load_served_models(
+        ModelSources(bundle=challenger_checkout / "models", dvc_lock=tmp_path / "none")
+    )
+    assert plain.champion.id == served.challenger.id and plain.champion.lock is not None
+    with pytest.raises(BundleError, match="does not exist"):
+        load_served_models(ModelSources(bundle=tmp_path / "missing"))
