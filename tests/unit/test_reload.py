@@ -184,3 +184,28 @@ def test_no_sighup_handler_off_the_main_thread() -> None:
     thread.start()
     thread.join()
     assert result == [False]
+
+
+def test_admin_route_statuses_and_openapi() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from tabml.serving import admin
+
+    disk = Disk()
+    for token, expected in ((None, 404), (TOKEN, 200)):
+        app = FastAPI()
+        app.include_router(admin.router(Reloader(served("v1"), disk.load), token))
+        client = TestClient(app)
+        assert client.post("/admin/reload").status_code == (404 if token is None else 401)
+        wrong = client.post("/admin/reload", headers={"Authorization": "Bearer x"})
+        assert wrong.status_code == (404 if token is None else 401)
+        if token is not None:
+            assert wrong.headers["www-authenticate"] == "Bearer"
+        right = client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert right.status_code == expected
+    assert right.json()["serving"]["generation"] == 1
+    operation = app.openapi()["paths"]["/admin/reload"]["post"]
+    assert {"200", "401", "404", "409"} <= set(operation["responses"])
+    assert operation["security"] == [{"HTTPBearer": []}]
+    assert app.openapi()["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
