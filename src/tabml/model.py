@@ -101,4 +101,4 @@ def load_booster(path: Path) -> lgb.Booster:
 
 def predict_proba(booster: lgb.Booster, features: np.ndarray) -> np.ndarray:
     """Probability of the positive class; one thread, as serving runs it."""
-    return booster.predict(features, num_threads=1)
+    return np.asarray(booster.predict(features, num_threads=1))

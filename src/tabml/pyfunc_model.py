@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd  # MLflow imports it anyway
+from mlflow.pyfunc import PythonModel
 
 from tabml.layout import CONTRACT_FILE, METADATA_FILE, MODEL_FILE, TRANSFORM_FILE
 
@@ -35,7 +36,7 @@ REQUIREMENTS = ("lightgbm", "numpy", "scipy", "pandas", "pydantic")
 _MLFLOW_TYPES = {"int": "long", "float": "double", "category": "string"}
 
 
-class TabmlPyfuncModel(mlflow.pyfunc.PythonModel):
+class TabmlPyfuncModel(PythonModel):
     """Raw records → probability of the positive class (one float per row)."""
 
     def load_context(self, context: Any) -> None:

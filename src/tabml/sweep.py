@@ -61,15 +61,14 @@ def expand(overrides: list[str]) -> list[list[str]]:
         raise ConfigError(f"invalid override: {exc}") from None
     choices = []
     for override in parsed:
+        line = str(override.input_line)
         if not override.is_sweep_override():
-            choices.append([override.input_line])
-        elif override.is_discrete_sweep() and "glob" not in override.input_line:
+            choices.append([line])
+        elif override.is_discrete_sweep() and "glob" not in line:
             key = override.get_key_element()
             choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
-            raise ConfigError(
-                f"cannot expand {override.input_line!r}: use a list (a,b,c) or range(start,stop)"
-            )
+            raise ConfigError(f"cannot expand {line!r}: use a list (a,b,c) or range(start,stop)")
     return [list(combination) for combination in itertools.product(*choices)]
 
 

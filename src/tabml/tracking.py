@@ -149,14 +149,15 @@ def log_run_contents(
     client.log_batch(run_id, params=params, synchronous=True)
     curve = json.loads(files.curves.read_text())
     log_metrics_and_curves(client, run_id, json.loads(files.metrics.read_text()), curve)
-    for path, folder in (
-        (files.metrics, METRICS_FILE.parent),
-        (files.curves, CURVES_FILE.parent),
+    folders: list[tuple[Path, str | None]] = [
+        (files.metrics, METRICS_FILE.parent.as_posix()),
+        (files.curves, CURVES_FILE.parent.as_posix()),
         (files.params, None),
         (files.lock, None),
-    ):
+    ]
+    for path, folder in folders:
         if path.exists():
-            mlflow.log_artifact(str(path), artifact_path=folder and folder.as_posix())
+            mlflow.log_artifact(str(path), artifact_path=folder)
     mlflow.log_artifacts(str(files.plots), artifact_path=PLOTS_DIR.as_posix())
     for name, figure in render_plots(files.plots, curve).items():
         mlflow.log_figure(figure, f"plots/{name}.png")

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     return simulate(Path.cwd(), args.out.absolute(), plan, args.seed)
 
 
-def simulate(source: Path, out: Path, plan: Plan, seed: int) -> int:
+def simulate(checkout: Path, out: Path, plan: Plan, seed: int) -> int:
     from tabml.config import load_params
 
     started = time.monotonic()
@@ -223,7 +223,7 @@ def simulate(source: Path, out: Path, plan: Plan, seed: int) -> int:
     token = secrets.token_hex(16)
     base_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env = base_env | {"TABML_ADMIN_TOKEN": token, "DVC_NO_ANALYTICS": "1"}
-    repo = scratch_repo(source, out, env, log)
+    repo = scratch_repo(checkout, out, env, log)
     env["PYTHONPATH"] = str(repo / "src")
     python = sys.executable
     port = free_port()

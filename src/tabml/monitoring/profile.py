@@ -116,7 +116,7 @@ class ReferenceProfile:
 
 
 def build_profile(
-    columns: Mapping[str, Sequence[Any]],
+    columns: Mapping[str, Sequence[Any] | np.ndarray],
     contract: DataContract,
     scores: np.ndarray,
     config: MonitorConfig,

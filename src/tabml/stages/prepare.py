@@ -8,6 +8,7 @@ split into train and validation (for early stopping), stratified by label and se
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def main() -> None:
         "test": test,
     }
     for name, table in splits.items():
-        write_with(args.out / f"{name}.parquet", lambda tmp, t=table: pq.write_table(t, tmp))
+        write_with(args.out / f"{name}.parquet", partial(pq.write_table, table))
         rate = pc.mean(table.column(TARGET)).as_py()
         print(f"{name}: {table.num_rows} rows, positive rate {rate:.4f}")
 

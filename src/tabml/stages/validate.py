@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -60,9 +61,7 @@ def main() -> None:
     if failures:
         raise DataContractError("\n".join(failures))
     for split, frame in typed.items():
-        write_with(
-            args.out / f"{split}.parquet", lambda tmp, f=frame: f.to_parquet(tmp, index=False)
-        )
+        write_with(args.out / f"{split}.parquet", partial(frame.to_parquet, index=False))
     contract.save(args.contract)
     write_text_atomic(args.report, json.dumps(report, indent=2, sort_keys=True) + "\n")
     print(json.dumps(report, sort_keys=True))
