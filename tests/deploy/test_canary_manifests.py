@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,8 @@ def test_in_process_variant_is_the_base_deployment_with_a_bundle() -> None:
     mounts = {m["name"]: m for m in container(variant)["volumeMounts"]}
     bundle = mounts["bundle"]
     assert bundle["readOnly"] is True
-    assert Path(env["TABML_MODEL_DIR"]).is_relative_to(bundle["mountPath"])
+    assert Path(env["TABML_BUNDLE"]).is_relative_to(bundle["mountPath"])
+    assert re.fullmatch(r"champion|shadow|canary:(0(\.\d+)?|1(\.0+)?)", env["TABML_ROUTE"])
     volumes = {v["name"]: v for v in variant["spec"]["template"]["spec"]["volumes"]}
     claim = volumes["bundle"]["persistentVolumeClaim"]
     assert claim["readOnly"] is True
@@ -155,8 +157,7 @@ def test_in_process_variant_is_the_base_deployment_with_a_bundle() -> None:
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # written by export, read by pods
     token = env["TABML_ADMIN_TOKEN"]["secretKeyRef"]
     assert token["optional"] is True  # no secret: /admin/reload answers 404, SIGHUP still works
-    text = (IN_PROCESS / "deployment.yaml").read_text()
-    assert "# - name: TABML_ROUTE" in text and "# - name: TABML_CHALLENGER" in text
+    assert "# - name: TABML_CHALLENGER" in (IN_PROCESS / "deployment.yaml").read_text()
 
 
 # -------------------------------------------------------------------------- two Deployments
