@@ -81,16 +81,23 @@ def test_a_batch_is_valid_raw_data_and_bad_rows_are_reported_not_fixed(tmp_path:
             prediction("r1"),
             prediction("r2", occupation="Tech-support", capital_gain=0.0),
             prediction("r3", age=250),  # outside the contract's range
+            prediction("r4"),
+            prediction("r5", favourite_colour="blue"),  # not a contract column
             feedback("r1", ">50K"),
             feedback("r2", "<=50K"),
             feedback("r3", ">50K"),
+            feedback("r4", "rich"),  # not a label value
+            feedback("r5", ">50K"),
         ],
     )
     joined, held = data_version.new_labelled_rows(log, batches)
-    assert held == set() and len(joined.rows) == 3
+    assert held == set() and len(joined.rows) == 5
     batch = data_version.write_batch(joined.rows, CONTRACT, batches)
     assert batch is not None and batch.rows == 2
-    assert len(batch.rejected) == 1 and "age" in batch.rejected[0]
+    problems = "\n".join(batch.rejected)
+    assert len(batch.rejected) == 3, problems
+    assert "column 'age'" in problems and "'rich'" in problems
+    assert "unknown column(s) ['favourite_colour']" in problems
 
     # The pipeline's own reader and contract accept the file as they accept adult.data.
     frame = validate_raw(read_raw(batch.path, CONTRACT, 0), CONTRACT, str(batch.path))
@@ -100,7 +107,7 @@ def test_a_batch_is_valid_raw_data_and_bad_rows_are_reported_not_fixed(tmp_path:
 
     # Exactly once: the kept and the rejected rows are never ingested (or reported) again.
     again, held = data_version.new_labelled_rows(log, batches)
-    assert again.rows == {} and held == {("r1", 0), ("r2", 0), ("r3", 0)}
+    assert again.rows == {} and held == {(f"r{i}", 0) for i in range(1, 6)}
 
 
 def test_a_batch_without_its_manifest_is_removed_and_its_rows_come_back(tmp_path: Path) -> None:

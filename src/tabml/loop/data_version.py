@@ -128,7 +128,13 @@ def write_batch(
 
     from tabml.validation import keep_valid_rows
 
-    keys = sorted(rows)
+    known = set(contract.feature_names)
+    unknown = {
+        key: f"feedback batch: row {key}: unknown column(s) {sorted(set(record) - known)}"
+        for key, (record, _) in rows.items()
+        if set(record) - known
+    }
+    keys = sorted(key for key in rows if key not in unknown)
     frame = pd.DataFrame(
         [
             [
@@ -145,10 +151,11 @@ def write_batch(
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
     path = batches / f"feedback-{stamp}.data"
     valid, problems = keep_valid_rows(frame, contract, f"feedback batch {path.name}")
-    if not keys:
+    if not rows:
         return None
     kept = [keys[line - 1] for line in valid.index]
     rejected = [[*keys[line - 1], problem] for line, problem in problems.items()]
+    rejected += [[*key, problem] for key, problem in sorted(unknown.items())]
     batches.mkdir(parents=True, exist_ok=True)
     remove_orphans(batches)
     if kept:
