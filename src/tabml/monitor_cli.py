@@ -135,7 +135,7 @@ def _describe(summary: dict[str, Any]) -> list[str]:
         accuracy = "-" if realized["accuracy"] is None else f"{realized['accuracy']:.4f}"
         drift = _shifts({f["name"]: f for f in model["features"]})
         lines.append(
-            f"{model['model_name']} v{model['model_version']}: {model['records']:,} records, "
+            f"{model['model_name']} {model['model_version']}: {model['records']:,} records, "
             f"{model['labelled']:,} labelled, accuracy {accuracy}; "
             f"score PSI {score['psi']:.3f} {score['verdict']}; "
             f"drift: {drift or 'all features stable'}"
