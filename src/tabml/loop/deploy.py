@@ -39,6 +39,29 @@ def canary_running(params: Params) -> bool:
     return (bundle / "bundle.json").exists() and CHALLENGER in load_bundle(bundle).roles
 
 
+#: The bundle generation the service was last told to load (a run killed between writing a
+#: bundle and the reload is finished by the next, which sees the two differ).
+RELOADED_FILE = Path(".dvc/tmp/tabml-loop/reloaded")
+#: The last retrain commit whose model was gated and put in canary or rejected.
+DEPLOYED_FILE = Path(".dvc/tmp/tabml-loop/deployed")
+
+
+def retrain_not_deployed() -> bool:
+    """HEAD is a retrain commit of the loop whose model was not yet gated and deployed (a run
+    killed between the commit and the canary); git only, no MLflow import."""
+    subject = steps.git("log", "-1", "--format=%s", check=False)
+    if not subject.startswith(steps.COMMIT_SUBJECT):
+        return False
+    head = steps.git("rev-parse", "HEAD")
+    return not DEPLOYED_FILE.exists() or DEPLOYED_FILE.read_text() != head
+
+
+def _mark_deployed() -> None:
+    from tabml.atomic import write_text_atomic
+
+    write_text_atomic(DEPLOYED_FILE, steps.git("rev-parse", "HEAD"))
+
+
 def publish(params: Params, with_challenger: bool, say: Say) -> None:
     """Rewrite the bundle from the registry's aliases, then reload the running service."""
     from tabml.registry_cli import main as registry
@@ -47,7 +70,21 @@ def publish(params: Params, with_challenger: bool, say: Say) -> None:
     status = registry(["export", *aliases, "--out", params.loop.bundle_dir])
     if status != 0:
         raise LoopStepError(f"tabml-registry export exited {status}; the bundle is unchanged")
-    reload_service(params, say)
+    ensure_reloaded(params, say)
+
+
+def _generation(params: Params) -> str:
+    return str(Path(params.loop.bundle_dir).resolve())
+
+
+def ensure_reloaded(params: Params, say: Say) -> None:
+    """Reload the service if the bundle changed since it was last told to."""
+    from tabml.atomic import write_text_atomic
+
+    current = _generation(params)
+    if not RELOADED_FILE.exists() or RELOADED_FILE.read_text() != current:
+        reload_service(params, say)
+        write_text_atomic(RELOADED_FILE, current)
 
 
 def reload_service(params: Params, say: Say) -> None:
@@ -90,13 +127,16 @@ def canary(params: Params, say: Say) -> int:
     state = steps.workspace_version(params)
     if state.version == state.champion:
         say(f"{state.name} v{state.version} is the champion already: nothing to canary")
+        _mark_deployed()
         return 0
     if state.decision is not None:
         say(f"{state.name} v{state.version} was {state.decision} before: nothing to do")
+        _mark_deployed()
         return 0
     if state.gate != "passed":
         steps.record_decision(params, state.version, REJECTED, {"by": "gate"})
         say(f"gate: {state.name} v{state.version} rejected; the champion keeps serving")
+        _mark_deployed()
         return 0
     if state.challenger != state.version:
         move_alias(
@@ -109,6 +149,7 @@ def canary(params: Params, say: Say) -> int:
         )
     say(f"canary: {state.name} v{state.version} is the challenger ({params.loop.route})")
     publish(params, with_challenger=True, say=say)
+    _mark_deployed()
     return 0
 
 
@@ -119,6 +160,7 @@ def decide(params: Params, *, dry_run: bool, say: Say) -> int:
     from tabml.monitoring.compare import compare, read_traffic
     from tabml.registry import CHAMPION, current_alias, move_alias
 
+    ensure_reloaded(params, say)
     bundle = load_bundle(Path(params.loop.bundle_dir))
     champion, challenger = bundle.version(CHAMPION), bundle.version(CHALLENGER)
     label = params.dataset.label

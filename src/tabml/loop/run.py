@@ -107,7 +107,7 @@ def evaluate_triggers(params: Params, new_rows: int) -> list[triggers.Trigger]:
 def commit_message(fired: list[triggers.Trigger]) -> str:
     names = ", ".join(t.name for t in fired) or "resumed"
     body = "\n".join(f"- {t.name}: {t.evidence}" for t in fired)
-    return f"Retrain (tabml-loop): {names}\n\n{body}\n"
+    return f"{steps.COMMIT_SUBJECT}: {names}\n\n{body}\n"
 
 
 def run_iteration(
@@ -129,6 +129,9 @@ def _iterate(params: Params, overrides: list[str], dry_run: bool, say: Say) -> i
 
     if deploy.canary_running(params):
         return deploy.decide(params, dry_run=dry_run, say=say)
+    if deploy.retrain_not_deployed():
+        say("resume: the last retrain commit was not gated and deployed yet")
+        return 0 if dry_run else deploy.canary(params, say=say)
 
     resumed = steps.data_version_pending() or bool(steps.uncommitted_outputs())
     fired: list[triggers.Trigger] = []

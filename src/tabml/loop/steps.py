@@ -38,6 +38,8 @@ COMMITTED = (
     REPORTS_DIR / "data_validation.json",
 )
 CHALLENGER = "challenger"
+#: The subject every retrain commit starts with (how a later run recognises one).
+COMMIT_SUBJECT = "Retrain (tabml-loop)"
 DECISION_TAG = "loop.decision"
 
 
