@@ -14,12 +14,17 @@ LOCK_FILE = Path("dvc.lock")
 DVC_YAML = Path("dvc.yaml")
 
 MODELS_DIR = Path("models")
-# The model artifacts serving needs, as file names under a models directory.
+# The model's artifacts (what scoring needs, and what the MLflow pyfunc carries), as file names
+# under a models directory.
 CONTRACT_FILE = "contract.json"
 TRANSFORM_FILE = "feature_transform.json"
 MODEL_FILE = "model.txt"
 METADATA_FILE = "model_metadata.json"
 ARTIFACT_FILES = (CONTRACT_FILE, TRANSFORM_FILE, MODEL_FILE, METADATA_FILE)
+# The reference live traffic is compared with (the `profile` stage), with its monitor settings.
+PROFILE_FILE = "reference_profile.json"
+# What the service loads and verifies against dvc.lock (and the image carries).
+SERVING_FILES = (*ARTIFACT_FILES, PROFILE_FILE)
 
 REPORTS_DIR = Path("reports")
 METRICS_FILE = REPORTS_DIR / "metrics.json"

@@ -128,6 +128,7 @@ def test_metadata_reports_provenance(client: Any, workspace: Any) -> None:
         "models/feature_transform.json",
         "models/model.txt",
         "models/model_metadata.json",
+        "models/reference_profile.json",
     }
     assert meta["data"]["md5"]["data"] == lock.inputs["data"]
     assert "git_commit" in meta
@@ -329,8 +330,9 @@ def test_openapi_documents_each_error_body_as_sent(client: Any) -> None:
                     key = "error" if path.startswith("/v2/") else "detail"
                     assert key in _target(spec, ref)["required"], (method, path, status)
                     documented += 1
-    # /predict: 400, 413, 422; model metadata and readiness: 404; both infer: 400, 404, 413, 422
-    assert documented == 3 + 4 + 2 * 4
+    # /predict: 400, 413, 422; model metadata and readiness: 404; both infer: 400, 404, 413, 422;
+    # /feedback: 400, 404, 409, 413, 422
+    assert documented == 3 + 4 + 2 * 4 + 5
 
 
 def test_unknown_model_or_version_is_a_documented_404(client: Any) -> None:
@@ -449,6 +451,31 @@ def test_corrupt_model_file_is_named(workspace: Any, tmp_path: Path) -> None:
         create_app(copy.settings())
     with pytest.raises(ModelFileError, match=r"models/model\.txt is corrupt"):
         create_app(copy.settings(allow_md5_mismatch=True))
+
+
+def test_profile_without_monitor_settings_is_refused(workspace: Any, tmp_path: Path) -> None:
+    """The service takes its window sizes and thresholds from the verified profile only."""
+    copy = workspace.copy(tmp_path / "repo")
+    profile = copy.models / "reference_profile.json"
+    profile.write_text(
+        json.dumps({k: v for k, v in json.loads(profile.read_text()).items() if k != "monitor"})
+    )
+    with pytest.raises(
+        ModelFileError, match=r"reference_profile\.json carries no monitor settings"
+    ):
+        create_app(copy.settings(allow_md5_mismatch=True))
+
+
+def test_metadata_reports_the_monitoring_settings(client: Any, workspace: Any) -> None:
+    monitoring = client.get("/metadata").json()["monitoring"]
+    profile = json.loads((workspace.models / "reference_profile.json").read_text())
+    assert monitoring["settings"] == profile["monitor"]  # conf/monitor, through the pipeline
+    assert monitoring["live"] is True and monitoring["prediction_log_dir"] is None
+
+
+def test_the_log_queue_must_hold_the_largest_batch(workspace: Any) -> None:
+    with pytest.raises(ValueError, match=r"prediction_log_queue \(20000\) is below max_batch"):
+        workspace.settings(max_batch=30_000)
 
 
 def test_corrupt_json_artifact_is_named(workspace: Any, tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 
 A log directory holds segment files of JSON lines, one event per line. The service writes each
 segment as `<name>.jsonl.open` and renames it to `<name>.jsonl` when it closes it (rotation or
-shutdown), so readers take only closed segments and never see half a line. Segment names start
-with the writer's UTC start time, host and pid, so several workers (or replicas sharing a
-volume) never write the same file and names sort by time.
+shutdown), so readers take only closed segments and never see half a line. Segment names
+(`segment_name`) start with the writer's UTC start time, host and pid, so several workers (or
+replicas sharing a volume) never write the same file and names sort by time.
 
 Two event types share the log:
 
@@ -19,6 +19,8 @@ Two event types share the log:
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,30 @@ SEGMENT_SUFFIX = ".jsonl"
 OPEN_SUFFIX = ".jsonl.open"
 PREDICTION = "prediction"
 FEEDBACK = "feedback"
+
+_SEGMENT_NAME = re.compile(
+    r"(?P<started>\d{8}T\d{6}Z)-(?P<host>.+)-(?P<pid>\d+)-(?P<sequence>\d{6})"
+)
+
+
+def safe_host(host: str) -> str:
+    """The host as it appears in segment names: letters, digits, dots and dashes only."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", host) or "host"
+
+
+def segment_name(started: float, host: str, pid: int, sequence: int) -> str:
+    """`<UTC start>-<host>-<pid>-<sequence>` (no suffix), e.g. `20261201T193319Z-web-1-17-000003`.
+
+    The sequence tells apart the segments one writer starts within the same second.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    return f"{stamp}-{safe_host(host)}-{pid}-{sequence:06d}"
+
+
+def parse_segment_name(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a segment name made by `segment_name` (suffix removed), else None."""
+    found = _SEGMENT_NAME.fullmatch(name)
+    return (found["host"], int(found["pid"])) if found else None
 
 
 def closed_segments(log_dir: Path) -> list[Path]:

@@ -10,6 +10,7 @@ The prediction endpoints take a short path through the request middleware
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,25 +18,17 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
-from tabml.serving import oip
+from tabml.serving import feedback, oip
 from tabml.serving.middleware import RequestContextMiddleware
 from tabml.serving.predictor import RequestRejected
-from tabml.serving.routing import BodyReader, Handler, HandlerResult, ShortPath
+from tabml.serving.routing import BodyReader, Handler, HandlerResult, ShortPath, rejection_body
 from tabml.serving.schemas import ErrorResponse, PredictionResponse, inline_schema
 from tabml.serving.service import PredictionService
 from tabml.serving.settings import ServingSettings
 
 JSON = "application/json"
-
-
-def rejection_body(exc: RequestRejected) -> bytes:
-    body: dict[str, Any] = {"detail": exc.detail}
-    if exc.error_count is not None:
-        body["error_count"] = exc.error_count
-    return to_json(body)
 
 
 def _predict_openapi(service: PredictionService) -> dict[str, Any]:
@@ -78,8 +71,9 @@ def predict_handler(service: PredictionService) -> Handler:
     records, keyed by the raw input columns. Errors name the record index and field."""
 
     async def predict(read_body: BodyReader, params: dict[str, Any]) -> HandlerResult:
+        started = time.perf_counter()
         try:
-            content, rows = await service.predict_json_async(await read_body())
+            content, rows = await service.predict_json_async(await read_body(), started)
         except RequestRejected as exc:
             service.count_rejected(exc)
             return HandlerResult(exc.status, rejection_body(exc))
@@ -107,7 +101,16 @@ def prediction_router(service: PredictionService, predict: ShortPath) -> APIRout
         response_model=None,
         openapi_extra=_predict_openapi(service),
         summary="Probability and label for one record or a batch of raw records",
-        responses={200: {"model": PredictionResponse}, 400: errors, 413: errors, 422: errors},
+        responses={
+            200: {
+                "model": PredictionResponse,
+                "headers": feedback.REQUEST_ID_RESPONSE_HEADER,
+                "links": feedback.links(service.model.contract),
+            },
+            400: errors,
+            413: errors,
+            422: errors,
+        },
     )
 
     @router.get("/health", tags=["operations"], summary="The process is alive")
@@ -160,9 +163,12 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.monitor.start()
         warm_up = asyncio.ensure_future(run_in_threadpool(service.warm_up))
         yield
         await warm_up
+        # After the last request (uvicorn's graceful shutdown): write the queued log events.
+        await run_in_threadpool(service.monitor.stop)
 
     app = FastAPI(
         title="tabml prediction service",
@@ -175,6 +181,14 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     predict, *infer = short_paths(service)
     app.include_router(prediction_router(service, predict))
     app.include_router(oip.router(service, infer))
+    app.include_router(
+        feedback.router(
+            service.model.contract,
+            service.monitor,
+            settings.max_batch,
+            settings.max_body_bytes,
+        )
+    )
     app.add_middleware(
         RequestContextMiddleware, metrics=service.metrics, short_paths=[predict, *infer]
     )

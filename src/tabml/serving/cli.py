@@ -2,6 +2,7 @@
 
     tabml-serve                         # http://127.0.0.1:8000, one worker
     tabml-serve --host 0.0.0.0 --port 8080 --workers 4
+    tabml-serve --prediction-log-dir /var/log/tabml   # also log every prediction
 
 Every setting is also an environment variable (TABML_MODEL_DIR, TABML_MAX_BATCH, ...; see
 `tabml.serving.settings`); options given here override them and are passed on to the workers.
@@ -32,6 +33,12 @@ _SETTING_OPTIONS = {
     "model_name": "TABML_MODEL_NAME",
     "model_version": "TABML_MODEL_VERSION",
     "log_level": "TABML_LOG_LEVEL",
+    "prediction_log_dir": "TABML_PREDICTION_LOG_DIR",
+    "prediction_log_sample": "TABML_PREDICTION_LOG_SAMPLE",
+    "prediction_log_queue": "TABML_PREDICTION_LOG_QUEUE",
+    "prediction_log_segment_bytes": "TABML_PREDICTION_LOG_SEGMENT_BYTES",
+    "prediction_log_segment_seconds": "TABML_PREDICTION_LOG_SEGMENT_SECONDS",
+    "feedback_index_size": "TABML_FEEDBACK_INDEX_SIZE",
 }
 
 
@@ -86,6 +93,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve artifacts that do not match dvc.lock (not for production)",
     )
     parser.add_argument("--log-level", help="INFO (default), DEBUG, WARNING, ...")
+    monitoring = parser.add_argument_group("monitoring (docs/monitoring.md)")
+    monitoring.add_argument(
+        "--prediction-log-dir", help="write prediction and feedback events here (default: off)"
+    )
+    monitoring.add_argument(
+        "--prediction-log-sample",
+        type=float,
+        help="share of prediction requests logged and labellable on /feedback (default 1.0)",
+    )
+    monitoring.add_argument(
+        "--prediction-log-queue",
+        type=int,
+        help="most records waiting to be written; beyond, events are dropped (default 20000)",
+    )
+    monitoring.add_argument(
+        "--prediction-log-segment-bytes",
+        type=int,
+        help="close a log segment at about this size (default 64 MiB)",
+    )
+    monitoring.add_argument(
+        "--prediction-log-segment-seconds",
+        type=float,
+        help="and at the latest after this many seconds (default 300)",
+    )
+    monitoring.add_argument(
+        "--feedback-index-size",
+        type=int,
+        help="recent predictions per worker /feedback can label (default 500000)",
+    )
+    monitoring.add_argument(
+        "--no-live-monitoring",
+        action="store_true",
+        help="no drift or realized-metric windows and no /feedback (the log still works)",
+    )
     return parser
 
 
@@ -96,6 +137,8 @@ def _export_options(args: argparse.Namespace) -> None:
             os.environ[variable] = str(value)
     if args.allow_md5_mismatch:
         os.environ["TABML_ALLOW_MD5_MISMATCH"] = "1"
+    if args.no_live_monitoring:
+        os.environ["TABML_LIVE_MONITORING"] = "0"
 
 
 def _share_metrics_across_workers() -> None:

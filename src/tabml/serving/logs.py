@@ -15,7 +15,9 @@ from typing import Any
 from pythonjsonlogger.core import RESERVED_ATTRS
 
 REQUEST_ID_HEADER = "x-request-id"
-_VALID_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+#: What a request ID may look like (echoed, logged, and the key /feedback labels predictions by).
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:/+=@-]{1,128}$"
+_VALID_ID = re.compile(REQUEST_ID_PATTERN)
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 

@@ -3,12 +3,16 @@
 With several uvicorn workers, `tabml-serve` sets PROMETHEUS_MULTIPROC_DIR so that every worker
 writes its samples there and `/metrics` aggregates all of them (prometheus-client's
 multiprocess mode); a single process exposes its own registry plus process metrics.
+The live monitoring gauges (drift, realized metrics) are computed at scrape time by
+`MonitorCollector` from the windows of every worker (`tabml.serving.worker_state`).
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +24,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -89,6 +94,33 @@ class ServiceMetrics:
             registry=registry,
             multiprocess_mode="livemin",
         )
+        self.log_events = Counter(
+            "tabml_prediction_log_events",
+            "Events written to the prediction log, by type",
+            ["type"],
+            registry=registry,
+        )
+        self.log_dropped = Counter(
+            "tabml_prediction_log_dropped",
+            "Prediction log events dropped: the queue was full, or the disk refused them",
+            ["reason"],
+            registry=registry,
+        )
+        for kind in ("prediction", "feedback"):
+            self.log_events.labels(kind)
+        for reason in ("queue_full", "write_error"):
+            self.log_dropped.labels(reason)
+        self.feedback = Counter(
+            "tabml_feedback",
+            "Labels received on /feedback (valid items, recorded or refused)",
+            registry=registry,
+        )
+        self.feedback_unmatched = Counter(
+            "tabml_feedback_unmatched",
+            "Labels for a request id and index the feedback index does not hold",
+            registry=registry,
+        )
+        self._collectors: list[Any] = []
         if multiprocess_dir() is None:
             from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 
@@ -146,6 +178,11 @@ class ServiceMetrics:
             label = field if field in self._fields else "(body)" if field is None else "(other)"
             self.validation_errors.labels(label).inc()
 
+    def add_collector(self, collector: Any) -> None:
+        """A collector computed at scrape time, in single- and multi-process mode alike."""
+        self._collectors.append(collector)
+        self.registry.register(collector)
+
     def exposition(self) -> bytes:
         directory = multiprocess_dir()
         if directory is None:
@@ -154,4 +191,75 @@ class ServiceMetrics:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)
+        for collector in self._collectors:
+            registry.register(collector)
         return generate_latest(registry)
+
+
+@dataclass(frozen=True)
+class VersionMonitoring:
+    """One model version's live monitoring numbers, combined over the instance's workers."""
+
+    model_version: str
+    records: int | None  # in the drift window; None: not served here (labels only)
+    feature_psi: dict[str, float]  # NaN while the window is empty
+    prediction_psi: float
+    labels: int  # in the realized window
+    accuracy: float | None  # None until enough labels are held
+    roc_auc: float | None  # None until enough labels of both classes are held
+
+
+class MonitorCollector:
+    """Drift and realized-metric gauges, computed when scraped."""
+
+    def __init__(self, versions: Callable[[], list[VersionMonitoring]]) -> None:
+        self._versions = versions
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to check at registration; names are fixed
+
+    def collect(self) -> Iterator[Metric]:
+        records = GaugeMetricFamily(
+            "tabml_drift_window_records",
+            "Records in the live drift window (all workers)",
+            labels=["model_version"],
+        )
+        feature = GaugeMetricFamily(
+            "tabml_feature_psi",
+            "Population stability index of a feature over the live window vs the reference",
+            labels=["feature", "model_version"],
+        )
+        score = GaugeMetricFamily(
+            "tabml_prediction_psi",
+            "Population stability index of the predicted scores vs the validation split's",
+            labels=["model_version"],
+        )
+        labels = GaugeMetricFamily(
+            "tabml_realized_labels",
+            "Labelled predictions in the realized window (all workers)",
+            labels=["model_version"],
+        )
+        accuracy = GaugeMetricFamily(
+            "tabml_realized_accuracy",
+            "Accuracy of the labelled predictions in the realized window",
+            labels=["model_version"],
+        )
+        auc = GaugeMetricFamily(
+            "tabml_realized_roc_auc",
+            "ROC AUC of the labelled predictions in the realized window",
+            labels=["model_version"],
+        )
+        for v in self._versions():
+            if v.records is not None:
+                records.add_metric([v.model_version], v.records)
+            for name, psi in v.feature_psi.items():
+                if not math.isnan(psi):
+                    feature.add_metric([name, v.model_version], psi)
+            if not math.isnan(v.prediction_psi):
+                score.add_metric([v.model_version], v.prediction_psi)
+            labels.add_metric([v.model_version], v.labels)
+            if v.accuracy is not None:
+                accuracy.add_metric([v.model_version], v.accuracy)
+            if v.roc_auc is not None:
+                auc.add_metric([v.model_version], v.roc_auc)
+        yield from (records, feature, score, labels, accuracy, auc)

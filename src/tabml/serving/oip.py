@@ -7,6 +7,7 @@ row index and the input), and scored by the same predictor.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -120,7 +121,7 @@ def tensors_to_columns(
     return columns, rows
 
 
-def infer(service: PredictionService, body: bytes) -> tuple[dict[str, Any], int]:
+def infer(service: PredictionService, body: bytes, started: float) -> tuple[dict[str, Any], int]:
     try:
         request = InferenceRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -130,6 +131,7 @@ def infer(service: PredictionService, body: bytes) -> tuple[dict[str, Any], int]
     records = service.predictor.parse_columns(columns, rows)
     service.metrics.observe_batch(rows)
     probabilities = service.score(records)
+    service.monitor.observe(records, probabilities, started)
     data = {
         "probability": probabilities.tolist(),
         "label": service.predictor.label_of(probabilities),
@@ -186,15 +188,16 @@ def _unknown_model(
 
 def infer_handler(service: PredictionService) -> Handler:
     async def infer_v2(read_body: BodyReader, params: dict[str, Any]) -> HandlerResult:
+        started = time.perf_counter()
         unknown = _unknown_model_message(service, **params)
         if unknown is not None:
             return HandlerResult(404, to_json({"error": unknown}))
         try:
             body = await read_body()
             if len(body) <= INLINE_BODY_BYTES:
-                result, rows = infer(service, body)
+                result, rows = infer(service, body, started)
             else:
-                result, rows = await run_in_threadpool(infer, service, body)
+                result, rows = await run_in_threadpool(infer, service, body, started)
         except RequestRejected as exc:
             service.count_rejected(exc)
             if isinstance(exc.detail, str):

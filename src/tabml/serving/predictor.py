@@ -20,17 +20,19 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from tabml.contract import DataContract
 from tabml.features import FeatureTransform
+from tabml.layout import (
+    CONTRACT_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    PROFILE_FILE,
+    SERVING_FILES,
+    TRANSFORM_FILE,
+)
 from tabml.model import ModelFileError, load_booster, predict_proba
 from tabml.model_metadata import ModelMetadata
+from tabml.monitoring import ReferenceProfile
 from tabml.serving.examples import example_records
 from tabml.serving.schemas import field_errors, record_dict, record_model
-
-CONTRACT_FILE = "contract.json"
-TRANSFORM_FILE = "feature_transform.json"
-MODEL_FILE = "model.txt"
-METADATA_FILE = "model_metadata.json"
-ARTIFACT_FILES = (CONTRACT_FILE, TRANSFORM_FILE, MODEL_FILE, METADATA_FILE)
-
 
 #: A validated request record: contract column → value (nullable columns may be absent).
 Record = dict[str, Any]
@@ -70,6 +72,7 @@ class TrainedModel:
     transform: FeatureTransform
     booster: Any  # lightgbm.Booster
     metadata: ModelMetadata
+    profile: ReferenceProfile
 
     @classmethod
     def load(cls, model_dir: Path) -> TrainedModel:
@@ -79,6 +82,7 @@ class TrainedModel:
             model_dir / TRANSFORM_FILE, lambda p: FeatureTransform.load(p, contract)
         )
         metadata = _load_json_artifact(model_dir / METADATA_FILE, ModelMetadata.load)
+        profile = _load_json_artifact(model_dir / PROFILE_FILE, ReferenceProfile.load)
         booster = load_booster(model_dir / MODEL_FILE)
         if metadata.feature_names != transform.feature_names_:
             raise ArtifactError(
@@ -92,11 +96,23 @@ class TrainedModel:
                 f"{booster.feature_name()} differ from the feature transform's "
                 f"{transform.feature_names_}"
             )
-        return cls(model_dir, contract, transform, booster, metadata)
+        _check_profile(model_dir / PROFILE_FILE, profile, contract)
+        return cls(model_dir, contract, transform, booster, metadata, profile)
 
     @property
     def files(self) -> list[Path]:
-        return [self.model_dir / name for name in ARTIFACT_FILES]
+        return [self.model_dir / name for name in SERVING_FILES]
+
+
+def _check_profile(path: Path, profile: ReferenceProfile, contract: DataContract) -> None:
+    unknown = sorted(set(profile.features) - set(contract.feature_names))
+    if unknown:
+        raise ArtifactError(f"{path}: feature(s) {unknown} are not columns of the data contract")
+    if profile.monitor is None:
+        raise ArtifactError(
+            f"{path} carries no monitor settings (window sizes, thresholds): rebuild it with "
+            "the pipeline (`python src/train.py`), whose profile stage writes them"
+        )
 
 
 class Predictor:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from re import Pattern
 from typing import Any
 
+from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import compile_path
@@ -27,6 +28,14 @@ from starlette.types import Receive, Scope, Send
 from tabml.serving.predictor import RequestRejected
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def rejection_body(exc: RequestRejected) -> bytes:
+    """The JSON error body of a refused request: `detail`, and `error_count` when counted."""
+    body: dict[str, Any] = {"detail": exc.detail}
+    if exc.error_count is not None:
+        body["error_count"] = exc.error_count
+    return to_json(body)
 
 
 @dataclass(frozen=True)

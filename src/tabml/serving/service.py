@@ -1,4 +1,5 @@
-"""The prediction service's state: verified artifacts, predictor, provenance, metrics, readiness.
+"""The prediction service's state: verified artifacts, predictor, provenance, metrics, live
+monitoring, readiness.
 
 Built once per process by `create_app`; the routes only translate HTTP to calls on it.
 """
@@ -17,18 +18,13 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from tabml.environment import environment
+from tabml.layout import MODEL_FILE, PROFILE_FILE, SERVING_FILES
 from tabml.serving import provenance
 from tabml.serving.batching import MicroBatcher
 from tabml.serving.examples import example_records
-from tabml.serving.metrics import ServiceMetrics
-from tabml.serving.predictor import (
-    ARTIFACT_FILES,
-    MODEL_FILE,
-    ArtifactError,
-    Predictor,
-    RequestRejected,
-    TrainedModel,
-)
+from tabml.serving.live_monitor import LiveMonitor, ServedModel
+from tabml.serving.metrics import MonitorCollector, ServiceMetrics, multiprocess_dir
+from tabml.serving.predictor import ArtifactError, Predictor, RequestRejected, TrainedModel
 from tabml.serving.settings import ServingSettings
 
 log = logging.getLogger("tabml.serving")
@@ -45,7 +41,7 @@ def load_verified_model(
     Raises `ArtifactError` (missing/corrupt file, naming it) or
     `provenance.ArtifactIntegrityError` (md5 differs from dvc.lock and that is not allowed).
     """
-    files = [Path(settings.model_dir) / name for name in ARTIFACT_FILES]
+    files = [Path(settings.model_dir) / name for name in SERVING_FILES]
     for file in files:
         if not file.is_file():
             raise ArtifactError(
@@ -89,6 +85,7 @@ class PredictionService:
     git_commit: str | None
     test_metrics: dict[str, Any] | None
     examples: list[dict[str, Any]]
+    monitor: LiveMonitor
     readiness: Readiness = field(default_factory=Readiness)
     batcher: MicroBatcher = field(init=False)
 
@@ -103,12 +100,25 @@ class PredictionService:
         predictor = Predictor(
             model, threshold=settings.threshold, max_batch=settings.max_batch, example=examples[0]
         )
-        model_md5 = next(c.md5 for c in checks if c.path.endswith(MODEL_FILE))
+        md5 = {Path(c.path).name: c.md5 for c in checks}
         name = settings.model_name or model.contract.name
-        version = settings.model_version or model_md5[:12]
+        version = settings.model_version or md5[MODEL_FILE][:12]
         metrics = ServiceMetrics(model.contract.feature_names)
-        metrics.set_model(name, version, model_md5, model.metadata.lightgbm_version)
+        metrics.set_model(name, version, md5[MODEL_FILE], model.metadata.lightgbm_version)
         commit = settings.git_commit or provenance.git_commit(Path(settings.dvc_lock).parent)
+        label = model.contract.label
+        served = ServedModel(
+            name,
+            version,
+            model.profile,
+            md5[PROFILE_FILE],
+            predictor.threshold,
+            negative=label.negative,
+            positive=label.positive,
+        )
+        shared = multiprocess_dir()
+        monitor = LiveMonitor(settings, served, metrics, Path(shared) if shared else None)
+        metrics.add_collector(MonitorCollector(monitor.snapshot))
         return cls(
             settings,
             model,
@@ -121,6 +131,7 @@ class PredictionService:
             commit,
             _read_test_metrics(settings.metrics_file),
             examples,
+            monitor,
         )
 
     # readiness ----------------------------------------------------------------------------
@@ -163,20 +174,27 @@ class PredictionService:
         # pydantic-core's serializer: ~4x json.dumps; floats are shortest round-trip reprs
         return to_json(response)
 
-    def predict_json(self, body: bytes) -> tuple[bytes, int]:
-        """A /predict body → (response body, rows), synchronously. Raises RequestRejected."""
+    def predict_json(self, body: bytes, started: float) -> tuple[bytes, int]:
+        """A /predict body → (response body, rows), synchronously. Raises RequestRejected.
+
+        `started` (perf_counter) is when the request arrived, for the prediction log.
+        """
         records = self.predictor.parse_json(body)
         self.metrics.observe_batch(len(records))
-        return self.render(self.score(records)), len(records)
+        probabilities = self.score(records)
+        self.monitor.observe(records, probabilities, started)
+        return self.render(probabilities), len(records)
 
-    async def predict_json_async(self, body: bytes) -> tuple[bytes, int]:
+    async def predict_json_async(self, body: bytes, started: float) -> tuple[bytes, int]:
         """As `predict_json`, on the event loop: small requests are scored together with other
         concurrent ones (`MicroBatcher`), large ones in a worker thread."""
         if len(body) > INLINE_BODY_BYTES:
-            return await run_in_threadpool(self.predict_json, body)
+            return await run_in_threadpool(self.predict_json, body, started)
         records = self.predictor.parse_json(body)
         self.metrics.observe_batch(len(records))
-        return self.render(await self.batcher.score(records)), len(records)
+        probabilities = await self.batcher.score(records)
+        self.monitor.observe(records, probabilities, started)
+        return self.render(probabilities), len(records)
 
     def count_rejected(self, exc: RequestRejected) -> None:
         if isinstance(exc.detail, list):
@@ -189,6 +207,7 @@ class PredictionService:
     def metadata(self) -> dict[str, Any]:
         meta = self.model.metadata
         md5 = {Path(c.path).name: c.md5 for c in self.checks}
+        monitor, settings = self.model.profile.monitor, self.settings
         return {
             "model": {
                 "name": self.name,
@@ -223,6 +242,15 @@ class PredictionService:
                 "category_not_seen_in_training": "accepted; encoded as missing (NaN) as in "
                 "offline prediction",
                 "out_of_range_or_wrong_type": "rejected (422)",
+            },
+            "monitoring": {
+                "live": self.monitor.live,
+                # conf/monitor as the pipeline built the reference profile with it
+                "settings": monitor.model_dump(mode="json") if monitor else None,
+                "prediction_log_dir": settings.prediction_log_dir
+                and str(settings.prediction_log_dir),
+                "prediction_log_sample": settings.prediction_log_sample,
+                "feedback_index_size": settings.feedback_index_size,
             },
         }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,3 +38,42 @@ class ServingSettings(BaseSettings):
         None, description="commit that built the model; default: asked from git if available"
     )
     log_level: str = Field("INFO", description="level of the JSON logs")
+    live_monitoring: bool = Field(
+        True, description="drift and realized-metric windows on /metrics, and /feedback"
+    )
+    prediction_log_dir: Path | None = Field(
+        None, description="directory for prediction log segments (default: no log)"
+    )
+    prediction_log_sample: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="share of prediction requests recorded: logged and labellable on /feedback",
+    )
+    prediction_log_queue: int = Field(
+        20_000,
+        ge=1,
+        description="most records waiting for the log writer (about 1 kB each); beyond it "
+        "events are dropped and counted, requests never wait",
+    )
+    prediction_log_segment_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="a log segment is closed at about this size"
+    )
+    prediction_log_segment_seconds: float = Field(
+        300.0, gt=0, description="and at the latest this many seconds after it was opened"
+    )
+    feedback_index_size: int = Field(
+        500_000,
+        ge=1,
+        description="recent recorded predictions per worker that /feedback can label "
+        "(18 bytes each)",
+    )
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> ServingSettings:
+        if self.prediction_log_queue < self.max_batch:
+            raise ValueError(
+                f"prediction_log_queue ({self.prediction_log_queue}) is below max_batch "
+                f"({self.max_batch}): every largest batch would be dropped from the log"
+            )
+        return self

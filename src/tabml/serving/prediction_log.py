@@ -1,0 +1,221 @@
+"""The prediction log on disk: events as JSON lines in rotating segment files.
+
+Format and names are `tabml.monitoring.events`' (what the batch report reads). One writer per
+process (the live monitor's thread) appends to `<name>.jsonl.open` and renames it to
+`<name>.jsonl` when the segment is `max_bytes` large, `max_seconds` old, or the service stops, so
+a reader only ever takes whole segments.
+
+Nothing here raises into the service: a full disk or an unwritable directory makes `write`
+return False (the caller counts the events as dropped) and logs one error line until writing
+works again. A failed write is cut back to the last whole line, so no segment ever holds half
+an event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic_core import to_json
+
+from tabml.monitoring.events import (
+    FEEDBACK,
+    OPEN_SUFFIX,
+    PREDICTION,
+    SEGMENT_SUFFIX,
+    parse_segment_name,
+    safe_host,
+    segment_name,
+)
+
+log = logging.getLogger("tabml.serving.prediction_log")
+
+
+def prediction_lines(
+    *,
+    ts: float,
+    request_id: str,
+    model_name: str,
+    model_version: str,
+    records: Sequence[Mapping[str, Any]],
+    probabilities: Sequence[float],
+    labels: Sequence[str],
+    latency_ms: float,
+) -> list[bytes]:
+    """One `prediction` event line per record of a request (index = position in the request)."""
+    return [
+        to_json(
+            {
+                "type": PREDICTION,
+                "ts": ts,
+                "request_id": request_id,
+                "index": index,
+                "model_name": model_name,
+                "model_version": model_version,
+                "record": record,
+                "probability": probability,
+                "label": label,
+                "latency_ms": latency_ms,
+            }
+        )
+        + b"\n"
+        for index, (record, probability, label) in enumerate(
+            zip(records, probabilities, labels, strict=True)
+        )
+    ]
+
+
+def feedback_line(ts: float, request_id: str, index: int, label: str) -> bytes:
+    return (
+        to_json(
+            {"type": FEEDBACK, "ts": ts, "request_id": request_id, "index": index, "label": label}
+        )
+        + b"\n"
+    )
+
+
+def _closed(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(OPEN_SUFFIX) + SEGMENT_SUFFIX)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def recover_orphans(directory: Path, host: str) -> list[Path]:
+    """Close the open segments a killed process of this host left behind (a restarted container
+    keeps its host name): cut each after its last whole line and rename it to `.jsonl`."""
+    recovered = []
+    for path in sorted(Path(directory).glob(f"*{OPEN_SUFFIX}")):
+        owner = parse_segment_name(path.name.removesuffix(OPEN_SUFFIX))
+        if owner is None or owner[0] != safe_host(host) or process_alive(owner[1]):
+            continue
+        with contextlib.suppress(OSError):
+            data = path.read_bytes()
+            whole = data[: data.rfind(b"\n") + 1]
+            if whole:
+                os.truncate(path, len(whole))
+                path.rename(_closed(path))
+                recovered.append(path)
+            else:
+                path.unlink()
+    return recovered
+
+
+class SegmentWriter:
+    """Appends lines to the current segment of `directory`; rotates by size and age."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int,
+        max_seconds: float,
+    ) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
+        self._host = socket.gethostname()
+        self._pid = os.getpid()
+        self._sequence = 0
+        self._file: Any = None  # io.FileIO of the open segment
+        self._path: Path | None = None
+        self._opened = 0.0
+        self._size = 0
+        self._failing: str | None = None
+        with contextlib.suppress(OSError):  # an unwritable directory shows at the first write
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for path in recover_orphans(self.directory, self._host):
+                log.warning("closed prediction log segment %s left open by a killed process", path)
+
+    def write(self, data: bytes) -> bool:
+        """Append whole lines; False (and nothing half-written) if the disk refused them."""
+        try:
+            if self._file is not None and self._size and self._size + len(data) > self.max_bytes:
+                self._close()
+            if self._file is None:
+                self._open()
+            view = memoryview(data)
+            while view:
+                written = self._file.write(view)
+                view = view[written:]
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        self._size += len(data)
+        if self._failing is not None:
+            log.info("prediction log: writing to %s works again", self.directory)
+            self._failing = None
+        return True
+
+    def rotate_if_due(self) -> None:
+        """Close the segment once it is `max_seconds` old (called by the writer's ticks)."""
+        if self._file is not None and time.time() - self._opened >= self.max_seconds:
+            try:
+                self._close()
+            except OSError as exc:
+                self._failed(exc)
+
+    def close(self) -> None:
+        """Close the segment (at shutdown): renamed to `.jsonl`, readable by the batch tools."""
+        try:
+            self._close()
+        except OSError as exc:
+            self._failed(exc)
+
+    def _open(self) -> None:
+        self._opened = time.time()
+        self._sequence += 1
+        name = segment_name(self._opened, self._host, self._pid, self._sequence)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{name}{OPEN_SUFFIX}"
+        self._file = open(path, "xb", buffering=0)  # noqa: SIM115 - closed by _close
+        self._path = path
+        self._size = 0
+
+    def _close(self) -> None:
+        file, path, size = self._file, self._path, self._size
+        if file is None or path is None:
+            return
+        self._file, self._path, self._size = None, None, 0
+        file.close()
+        if size:
+            path.rename(_closed(path))
+        else:
+            path.unlink()
+
+    def _failed(self, exc: OSError) -> None:
+        """Keep the segment's whole lines (closed, so they are not lost), drop the rest; one
+        error line per outage, not one per event."""
+        file, path, size = self._file, self._path, self._size
+        self._file, self._path, self._size = None, None, 0
+        if file is not None and path is not None:
+            with contextlib.suppress(OSError):
+                file.truncate(size)
+            with contextlib.suppress(OSError):
+                file.close()
+            with contextlib.suppress(OSError):
+                if size:
+                    path.rename(_closed(path))
+                else:
+                    path.unlink()
+        if self._failing is None:
+            self._failing = str(exc)
+            log.error(
+                "prediction log: cannot write to %s (%s); dropping events, counted in "
+                "tabml_prediction_log_dropped_total, until writing works again",
+                self.directory,
+                exc,
+            )
