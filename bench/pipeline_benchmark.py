@@ -5,7 +5,8 @@ store) and reports medians of several runs, measured in the same invocation:
 
 * full       `python src/train.py --force` (every stage; the model is already tracked) vs the
              same stage commands run bare as separate processes (no DVC), and vs the stage modules
-             executed in one Python process (imports paid once, no hashing)
+             executed in one Python process (imports paid once, no hashing); every pipeline run
+             here passes --no-push: the DVC push is optional and in no baseline
 * param      a model-parameter change (a fresh value each run, so DVC's run cache cannot restore
              it and MLflow logs, registers and gates a new model) vs the same override composed
              into params.yaml, the affected stages run bare as processes and the model tracked by
@@ -50,29 +51,34 @@ def timed(args: list[str], cwd: Path, env: dict[str, str]) -> float:
     return elapsed
 
 
-def stage_commands(repo: Path, names: list[str] | None = None) -> list[list[str]]:
-    """The `python -m module args` commands of dvc.yaml's stages, in file order."""
+def stage_commands(repo: Path, names: list[str] | None = None) -> dict[str, list[str]]:
+    """Stage name → its `python -m module args` command from dvc.yaml, in file order."""
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    return [shlex.split(spec["cmd"]) for name, spec in stages.items() if not names or name in names]
+    return {
+        name: shlex.split(spec["cmd"])
+        for name, spec in stages.items()
+        if not names or name in names
+    }
 
 
 PARAM_STAGES = ["train", "evaluate", "profile"]
 
 
-def run_processes(commands: list[list[str]], repo: Path, env: dict[str, str]) -> dict[str, float]:
+def run_processes(
+    commands: dict[str, list[str]], repo: Path, env: dict[str, str]
+) -> dict[str, float]:
     """Each stage command as its own process, as DVC runs it but without DVC: seconds each."""
     seconds = {}
-    for cmd in commands:
-        module = next(part for part in cmd if part.startswith("tabml.stages."))
+    for name, cmd in commands.items():
         assignments = [part for part in cmd if "=" in part and not part.startswith("-")][:1]
         line = " ".join([*assignments, shlex.join(cmd[len(assignments) :])])
-        seconds[module.rsplit(".", 1)[-1]] = timed(["sh", "-c", line], repo, env)
+        seconds[name] = timed(["sh", "-c", line], repo, env)
     return seconds
 
 
-def run_bare(commands: list[list[str]]) -> None:
+def run_bare(commands: dict[str, list[str]]) -> None:
     """Execute each stage module in this process, as a plain function call (no DVC)."""
-    for cmd in commands:
+    for cmd in commands.values():
         while "=" in cmd[0]:  # leading environment assignments (PYTHONPATH=src): set in main
             cmd = cmd[1:]
         assert cmd[:2] == ["python", "-m"], cmd
@@ -99,8 +105,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tabml-bench-") as tmp:
         repo = clone_repo(Path(tmp) / "repo")
-        env = command_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db")
-        python, train = sys.executable, [sys.executable, "src/train.py"]
+        # The clone's own code for every command (the installed package is this checkout's).
+        env = command_env(
+            MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", PYTHONPATH=str(repo / "src")
+        )
+        # Without the DVC push after a run (optional, and not part of any baseline).
+        python, train = sys.executable, [sys.executable, "src/train.py", "--no-push"]
         bare = [python, __file__, "--bare"]
         timed(train, repo, env)  # warm-up: first run, data in place, caches warm
 
@@ -150,7 +160,10 @@ def main() -> None:
     results = {name: summarize(values) for name, values in samples.items()}
 
     def ratio(a: str, b: str) -> float:
-        return results[a]["median_s"] / results[b]["median_s"]
+        """Median of the per-iteration ratios: each pair ran back to back, so a load change on
+        these shared cores between iterations cancels out (a ratio of medians would not)."""
+        pairs = zip(samples[a], samples[b], strict=False)
+        return statistics.median(x / y for x, y in pairs)
 
     ratios = {
         "full_vs_processes": ratio("full", "full_processes"),
@@ -174,7 +187,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{'case':<22}{'median s':>9}   {'baseline':<22}{'median s':>9}   ratio")
+    print(f"{'case':<22}{'median s':>9}   {'baseline':<22}{'median s':>9}   paired ratio")
     for case, base, key in (
         ("full", "full_processes", "full_vs_processes"),
         ("full", "full_bare", "full_vs_in_process"),

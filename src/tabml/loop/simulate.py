@@ -15,7 +15,6 @@ accuracy per version, triggers, decisions), `DIR/timeline.png` and `DIR/summary.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
@@ -201,16 +200,6 @@ def scrape_drift(port: int) -> dict[str, float]:
         if feature and value == value:
             drift[feature[1]] = max(drift.get(feature[1], 0.0), value)
     return drift
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tabml-loop simulate", description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--quick", action="store_true", help="fewer, smaller steps (the tests)")
-    parser.add_argument("--seed", type=int, default=20260105)
-    args = parser.parse_args(argv)
-    plan = Plan.quick() if args.quick else Plan.full()
-    return simulate(Path.cwd(), args.out.absolute(), plan, args.seed)
 
 
 def simulate(checkout: Path, out: Path, plan: Plan, seed: int) -> int:
