@@ -75,7 +75,8 @@ def test_labels_move_the_realized_metrics_to_the_offline_values(
     log_dir = tmp_path / "log"
     with start_server(workspace, "--prediction-log-dir", str(log_dir)) as server:
         version, threshold = served_version(server.url)
-        rows = list(predict_batches(server.url, test_set.records[:1200], 100))
+        # Requests larger than a drain slice (CHUNK_RECORDS): indexed in pieces.
+        rows = list(predict_batches(server.url, test_set.records[:1200], 400))
         first = labels(rows[:150], truth)  # fewer than min_realized_labels
         response = httpx.post(f"{server.url}/feedback", json=first)
         assert response.status_code == 200 and response.json() == {"recorded": 150}
@@ -176,9 +177,13 @@ def test_two_workers_share_the_index_and_the_realized_window(
 
 
 def test_index_keys_are_the_same_one_by_one_and_per_request() -> None:
-    keys = prediction_keys("3f9c2a7e", 1000)
-    assert keys.tolist() == [prediction_key("3f9c2a7e", i) for i in range(1000)]
-    assert len(set(keys.tolist())) == 1000 and 0 not in keys
+    keys = prediction_keys(["3f9c2a7e", "b", "c"], [1000, 1, 5], [0, 0, 300])
+    assert keys.tolist() == [
+        prediction_key(request_id, i)
+        for request_id, count, first in (("3f9c2a7e", 1000, 0), ("b", 1, 0), ("c", 5, 300))
+        for i in range(first, first + count)
+    ]
+    assert len(set(keys.tolist())) == 1006 and 0 not in keys
     assert prediction_key("3f9c2a7f", 0) != prediction_key("3f9c2a7e", 0)
 
 
@@ -187,7 +192,8 @@ def test_index_finds_the_last_capacity_predictions(lookups: int, tmp_path: Path)
     ring = PredictionRing.create(tmp_path / "ring", capacity=1000)
     for request in range(25):  # 2,500 predictions into 1,000 slots: requests 15-24 stay
         probabilities = np.full(100, request / 100)
-        ring.append(prediction_keys(f"r{request}", 100), probabilities, version=request % 3)
+        versions = np.full(100, request % 3, dtype=np.uint16)
+        ring.append(prediction_keys([f"r{request}"], [100], [0]), probabilities, versions)
     wanted = [(r, i) for r in (24, 14, 15, *range(25)) for i in (0, 50, 99)][:lookups]
     keys = np.array([prediction_key(f"r{r}", i) for r, i in wanted], dtype=np.uint64)
     slots, entries = PredictionRing.attach(tmp_path / "ring").find(keys)  # as another worker

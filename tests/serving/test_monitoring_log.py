@@ -52,7 +52,7 @@ def test_every_answered_record_is_one_event(
     log_dir = tmp_path / "log"
     complete = [r for r in test_set.records if None not in r.values()]
     sent = {f"one-{i}": [r] for i, r in enumerate(test_set.records[:20])}
-    sent["batch"] = test_set.records[100:150]
+    sent["batch"] = test_set.records[100:700]  # more than one drain slice (CHUNK_RECORDS)
     sent["infer"] = complete[:3]
     with (
         start_server(workspace, "--prediction-log-dir", str(log_dir)) as server,

@@ -121,11 +121,13 @@ class DriftWindow:
         # Only the last `size` records can stay in the window.
         local = self._binner.bin_records(records[-self.size :], scores[-self.size :])
         rows = local + self._offsets[:-1]
+        bins = self._counts.size
+        added = np.bincount(rows.ravel(), minlength=bins)  # faster than np.add.at
         with self._lock:
             slots = (self._next + np.arange(len(rows))) % self.size
             # Slots fill in order from 0, so a slot below the held count holds a record.
-            np.subtract.at(self._counts, self._rows[slots[slots < self._held]].ravel(), 1)
-            np.add.at(self._counts, rows.ravel(), 1)
+            evicted = self._rows[slots[slots < self._held]].ravel()
+            self._counts += added - np.bincount(evicted, minlength=bins)
             self._rows[slots] = rows
             self._next = (self._next + len(rows)) % self.size
             self._held = min(self.size, self._held + len(rows))

@@ -168,7 +168,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         yield
         await warm_up
         # After the last request (uvicorn's graceful shutdown): write the queued log events.
-        await run_in_threadpool(service.monitor.stop)
+        service.monitor.stop()
 
     app = FastAPI(
         title="tabml prediction service",

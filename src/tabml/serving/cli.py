@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitoring.add_argument(
         "--feedback-index-size",
         type=int,
-        help="recent predictions per worker /feedback can label (default 500000)",
+        help="recent predictions per worker /feedback can label (default 500000, 19 bytes each)",
     )
     monitoring.add_argument(
         "--no-live-monitoring",

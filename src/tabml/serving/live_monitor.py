@@ -1,19 +1,27 @@
-"""Live monitoring in the service: drift and realized-metric windows, the feedback index and the
-prediction log, all fed off the request path.
+"""Live monitoring in the service: drift and realized-metric windows per model version, the
+feedback index and the prediction log, all fed off the request path.
 
-A prediction request only appends (records, probabilities, request id, timing) to a bounded
-queue: about a microsecond. One thread per process drains it every `TICK` seconds and handles
-everything that arrived meanwhile at once: slides the drift window (vectorised, ~2 µs a record,
-where one update per request would cost ~17 µs of numpy overhead on the event loop), indexes the
-recorded predictions for /feedback and writes their log events. A full queue drops the request
-(counted); no request ever waits for the thread or the disk.
+A prediction request only appends (version, records, probabilities, request id, timing) to a
+bounded queue: about two microseconds. Every `TICK` seconds the event loop drains it in slices
+of `CHUNK_RECORDS` records, between requests: for everything queued at once it slides each
+version's drift window (vectorised, ~1 µs a record, where one update per request would cost
+~17 µs of numpy overhead), indexes the recorded predictions for /feedback and encodes their log
+events. An I/O thread writes the encoded events to disk and publishes the snapshot other
+workers read, so a slow or full disk never holds up the loop. A full queue drops (counted);
+no request ever waits.
 
-What a request contributes: every scored record enters the drift window; a sampled share of
-requests (`prediction_log_sample`) is *recorded*: logged, and labellable through /feedback.
+Why the loop and not a thread for the numpy and encoding work (bench/serve_monitoring_benchmark):
+a Python thread doing it contends for the GIL with the loop, and at ~5,000 single-record
+requests/s every GIL hand-over costs a thread wake-up: 82 % of the unmonitored throughput and
+1.5x its p99 for ~4 % of CPU work. On the loop, in slices, the same work costs what it costs.
+
+What a request contributes: every scored record enters its version's drift window; a sampled
+share of requests (`prediction_log_sample`) is *recorded*: logged, and labellable on /feedback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -31,23 +39,36 @@ from tabml.monitoring.events import FEEDBACK, PREDICTION
 from tabml.serving import logs, worker_state
 from tabml.serving.metrics import ServiceMetrics, VersionMonitoring
 from tabml.serving.prediction_index import PredictionRing, prediction_key, prediction_keys
-from tabml.serving.prediction_log import SegmentWriter, feedback_line, prediction_lines
+from tabml.serving.prediction_log import PredictionLines, SegmentWriter, feedback_line
 from tabml.serving.predictor import RequestRejected
 from tabml.serving.settings import ServingSettings
+from tabml.serving.worker_state import VersionInfo
 
 log = logging.getLogger("tabml.serving.monitor")
 
-#: Seconds between the thread's drains: the most a window or the index lags behind a response.
+#: Seconds between drains: about the most a window or the index lags behind a response.
 TICK = 0.02
+#: Records per slice of a drain (~1 ms of work); requests are served between slices.
+CHUNK_RECORDS = 256
+#: Seconds between the I/O thread's writes (one write for everything encoded meanwhile; waking
+#: it for each slice would cost the loop a GIL hand-over each time).
+IO_TICK = 0.1
 #: Seconds between snapshots for the other workers (multi-worker only).
 PUBLISH_SECONDS = 1.0
 #: Most seconds /feedback waits for this process's queue to be indexed.
 SYNC_TIMEOUT = 2.0
 
+UNKNOWN = "unknown_prediction"
+DUPLICATE = "duplicate_feedback"
+
+
+def _shadow_last(group: tuple[str, bool]) -> bool:
+    return group[1]
+
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What monitoring needs to know about the served model."""
+    """What monitoring needs to know about one served model version."""
 
     name: str
     version: str
@@ -57,6 +78,18 @@ class ServedModel:
     negative: str
     positive: str
 
+    @property
+    def info(self) -> VersionInfo:
+        config = self.profile.monitor
+        assert config is not None  # TrainedModel.load refuses a profile without settings
+        return VersionInfo(
+            self.version,
+            self.threshold,
+            self.positive,
+            config.realized_window_size,
+            config.min_realized_labels,
+        )
+
 
 class FeedbackLabel(NamedTuple):
     request_id: str
@@ -64,18 +97,29 @@ class FeedbackLabel(NamedTuple):
     label: str
 
 
-@dataclass(frozen=True)
-class _Scored:
+class _Scored(NamedTuple):  # a tuple: the cheapest object to make on the request path
+    version: str
     ts: float
     request_id: str
     records: Sequence[Any]
     probabilities: np.ndarray
     latency_ms: float
     recorded: bool
+    first: int = 0  # index of records[0] in its request (a large request is split up)
+    shadow: bool = False  # a challenger's shadow score: logged, in its drift window, not indexed
+
+    def split(self, head: int) -> tuple[_Scored, _Scored]:
+        return (
+            self._replace(records=self.records[:head], probabilities=self.probabilities[:head]),
+            self._replace(
+                records=self.records[head:],
+                probabilities=self.probabilities[head:],
+                first=self.first + head,
+            ),
+        )
 
 
-@dataclass(frozen=True)
-class _Labels:
+class _Labels(NamedTuple):
     lines: list[bytes]
 
 
@@ -83,22 +127,14 @@ class _Found(NamedTuple):
     ring: PredictionRing
     slot: int
     probability: float
-    version: str
+    version: VersionInfo
     labelled: bool
 
 
 class LiveMonitor:
     def __init__(
-        self,
-        settings: ServingSettings,
-        model: ServedModel,
-        metrics: ServiceMetrics,
-        shared_dir: Path | None,
+        self, settings: ServingSettings, metrics: ServiceMetrics, shared_dir: Path | None
     ) -> None:
-        config = model.profile.monitor
-        assert config is not None  # TrainedModel.load refuses a profile without settings
-        self.model = model
-        self.config = config
         self.metrics = metrics
         self.live = settings.live_monitoring
         self.sample = settings.prediction_log_sample
@@ -115,65 +151,154 @@ class LiveMonitor:
             else None
         )
         self.active = self.live or self.writer is not None
-        self.window: DriftWindow | None = None
         self.ring: PredictionRing | None = None
         if self.live:
-            self.window = DriftWindow(model.profile, config.window_size, config.epsilon)
+            size = settings.feedback_index_size
             self.ring = (
-                PredictionRing.create(
-                    worker_state.ring_path(shared_dir, self.pid), settings.feedback_index_size
-                )
+                PredictionRing.create(worker_state.ring_path(shared_dir, self.pid), size)
                 if shared_dir is not None
-                else PredictionRing.in_memory(settings.feedback_index_size)
+                else PredictionRing.in_memory(size)
             )
-        self.versions = [model.version]  # the index's version slots
+        # Replaced, never mutated, by `serve` (another thread may be reading them): the
+        # versions served now, with their drift windows, and every version served so far.
+        self._windows: dict[str, DriftWindow] = {}
+        self._known: dict[str, ServedModel] = {}
+        self._encoders: dict[str, PredictionLines] = {}
+        self._shadow_encoders: dict[str, PredictionLines] = {}
+        # Every version this process served: the feedback index's version slots.
+        self._slots: list[VersionInfo] = []
+        self._slot_of: dict[str, int] = {}
         self._realized: dict[str, RealizedWindow] = {}
         self._pending: list[Any] = []
         self._queued = 0
         self._lock = threading.Lock()
         self._feedback_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.Handle | None = None
+        self._backlog: list[Any] = []  # drained, not yet handled (the loop's own)
+        # Encoded events waiting for the disk: (bytes, predictions, feedback), and their count.
+        self._encoded: list[tuple[bytes, int, int]] = []
+        self._unwritten = 0
+        self._io: threading.Thread | None = None
+        self._io_stopping = threading.Event()
         self._dirty = True
         self._published = 0.0
         self._peer_rings: dict[int, PredictionRing] = {}
         self._failed_once = False
 
+    def serve(self, models: Sequence[ServedModel]) -> None:
+        """The versions served from now on (at start and after every reload): a version kept
+        keeps its drift window, a new one starts empty, one no longer served stops drifting
+        (labels for its predictions still count)."""
+        windows = {}
+        for model in models:
+            config = model.profile.monitor
+            assert config is not None
+            if self.live:
+                windows[model.version] = self._windows.get(model.version) or DriftWindow(
+                    model.profile, config.window_size, config.epsilon
+                )
+            if model.version not in self._slot_of:
+                self._slot_of = {**self._slot_of, model.version: len(self._slots)}
+                self._slots = [*self._slots, model.info]
+        self._known = {**self._known, **{model.version: model for model in models}}
+        self._encoders = {
+            **self._encoders,
+            **{
+                m.version: PredictionLines(m.name, m.version, m.threshold, m.negative, m.positive)
+                for m in models
+                if m.version not in self._encoders
+            },
+        }
+        self._shadow_encoders = {
+            **self._shadow_encoders,
+            **{
+                m.version: PredictionLines(
+                    m.name, m.version, m.threshold, m.negative, m.positive, shadow=True
+                )
+                for m in models
+                if m.version not in self._shadow_encoders
+            },
+        }
+        self._windows = windows
+        self._dirty = True
+
     # lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        if not self.active or self._thread is not None:
+        """Begin draining: call on the event loop, at start-up."""
+        if not self.active or self._loop is not None:
             return
+        self._loop = asyncio.get_running_loop()
         self._publish()
-        self._thread = threading.Thread(target=self._run, name="tabml-monitor", daemon=True)
-        self._thread.start()
+        if self.writer is not None or self.shared_dir is not None:
+            self._io = threading.Thread(target=self._io_run, name="tabml-monitor-io", daemon=True)
+            self._io.start()
+        self._timer = self._loop.call_later(TICK, self._drain)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Write what is queued, close the log segment, withdraw the shared snapshot."""
-        if self._thread is None:
+        """On the event loop, after the last request: take in what is queued, write it, close
+        the log segment and withdraw the shared snapshot."""
+        if self._loop is None:
             return
-        self._stopping.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.error("prediction log writer did not finish within %s s", timeout)
-        self._thread = None
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            batch, self._pending, self._queued = self._backlog + self._pending, [], 0
+        self._backlog = []
+        self._process_safely(batch)
+        self._loop = None
+        if self._io is not None:
+            self._io_stopping.set()
+            self._io.join(timeout)
+            if self._io.is_alive():
+                log.error("prediction log writer did not finish within %s s", timeout)
+            self._io = None
 
     # request path -------------------------------------------------------------------------
 
-    def observe(self, records: Sequence[Any], probabilities: np.ndarray, started: float) -> None:
-        """One answered prediction request (any thread); never blocks, never raises."""
+    def observe(
+        self, version: str, records: Sequence[Any], probabilities: np.ndarray, started: float
+    ) -> bool:
+        """One answered prediction request (any thread); never blocks, never raises.
+        `started` is the request's arrival (perf_counter), for the logged latency. Returns
+        whether the request is recorded (logged), which its shadow copy follows."""
         if not self.active:
-            return
+            return False
         recorded = self.sample >= 1.0 or random.random() < self.sample
         if not recorded and not self.live:
-            return
+            return False
         item = _Scored(
+            version,
             time.time(),
             logs.request_id.get() or logs.accept_or_make_request_id(None),
             records,
             probabilities,
-            round((time.perf_counter() - started) * 1e3, 3),
+            (time.perf_counter() - started) * 1e3,
             recorded,
+        )
+        if not self._enqueue(item, len(records)) and recorded and self.writer is not None:
+            self.metrics.log_dropped.labels("queue_full").inc(len(records))
+        return recorded
+
+    def observe_shadow(
+        self,
+        version: str,
+        records: Sequence[Any],
+        probabilities: np.ndarray,
+        request_id: str,
+        ts: float,
+        latency_ms: float,
+        recorded: bool,
+    ) -> None:
+        """A challenger's shadow scores of a champion-answered request (the shadow thread):
+        into the challenger's drift window and, if the answer was recorded, the log as events
+        with the answer's request id and `"shadow": true`. `latency_ms` is the challenger's
+        scoring time. Never indexed for /feedback: a label joins the answered prediction."""
+        if not self.active or (not recorded and not self.live):
+            return
+        item = _Scored(
+            version, ts, request_id, records, probabilities, latency_ms, recorded, shadow=True
         )
         if not self._enqueue(item, len(records)) and recorded and self.writer is not None:
             self.metrics.log_dropped.labels("queue_full").inc(len(records))
@@ -186,28 +311,39 @@ class LiveMonitor:
             self._pending.append(item)
         return True
 
-    # the thread ---------------------------------------------------------------------------
+    # the drain, on the event loop ------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stopping.wait(TICK):
-            self._tick()
-        self._tick()  # what the last requests queued before the stop
-        if self.writer is not None:
-            self.writer.close()
-        if self.shared_dir is not None:
-            worker_state.remove(self.shared_dir, self.pid)
-
-    def _tick(self) -> None:
+    def _drain(self) -> None:
         with self._lock:
-            batch, self._pending, self._queued = self._pending, [], 0
+            self._backlog += self._pending
+            self._pending = []
+        self._slice()
+
+    def _slice(self) -> None:
+        """Handle the first CHUNK_RECORDS records of the backlog; leave the rest for after the
+        requests that are ready now; once it is empty, wait for the next tick."""
+        batch = self._backlog
+        taken = size = 0
+        while taken < len(batch) and size < CHUNK_RECORDS:
+            item = batch[taken]
+            if type(item) is _Scored and _size(item) > CHUNK_RECORDS - size:  # its head, now
+                batch[taken : taken + 1] = item.split(max(CHUNK_RECORDS - size, 1))
+                item = batch[taken]
+            size += _size(item)
+            taken += 1
+        self._backlog = batch[taken:]
+        with self._lock:
+            self._queued -= size
+        self._process_safely(batch[:taken])
+        assert self._loop is not None
+        if self._backlog:
+            self._timer = self._loop.call_soon(self._slice)
+        else:
+            self._timer = self._loop.call_later(TICK, self._drain)
+
+    def _process_safely(self, batch: list[Any]) -> None:
         try:
-            if batch:
-                self._process(batch)
-            if self.writer is not None:
-                self.writer.rotate_if_due()
-            due = time.monotonic() - self._published >= PUBLISH_SECONDS
-            if self.shared_dir is not None and self._dirty and due:
-                self._publish()
+            self._process(batch)
         except Exception:  # a bug here must not stop monitoring for good, nor spam the log
             if not self._failed_once:
                 log.exception("live monitoring failed on a batch (logged once)")
@@ -218,69 +354,116 @@ class LiveMonitor:
                     item.set()
 
     def _process(self, batch: list[Any]) -> None:
-        scored = [item for item in batch if isinstance(item, _Scored)]
-        if scored and self.window is not None:
-            self.window.add(
-                [record for item in scored for record in item.records],
-                np.concatenate([item.probabilities for item in scored]),
-            )
-            self._dirty = True
+        """A chunk of the queue at once: one window update per version, one index update,
+        one serialisation and one write."""
+        scored = [item for item in batch if type(item) is _Scored]
+        windows = self._windows
+        for version in {item.version for item in scored}:
+            window = windows.get(version)
+            mine = [item for item in scored if item.version == version]
+            if window is not None:
+                window.add(
+                    [record for item in mine for record in item.records],
+                    np.concatenate([item.probabilities for item in mine]),
+                )
+                self._dirty = True
         recorded = [item for item in scored if item.recorded]
-        if recorded and self.ring is not None:
+        answered = [item for item in recorded if not item.shadow]
+        if answered and self.ring is not None:
+            sizes = [len(item.records) for item in answered]
+            slots = [self._slot_of[item.version] for item in answered]
             self.ring.append(
-                np.concatenate([prediction_keys(i.request_id, len(i.records)) for i in recorded]),
-                np.concatenate([item.probabilities for item in recorded]),
-                version=0,
+                prediction_keys(
+                    [item.request_id for item in answered],
+                    sizes,
+                    [item.first for item in answered],
+                ),
+                np.concatenate([item.probabilities for item in answered]),
+                np.repeat(np.asarray(slots, dtype=np.uint16), sizes),
             )
         if self.writer is not None:
-            self._write(batch)
+            self._write(recorded, [item for item in batch if type(item) is _Labels])
 
-    def _write(self, batch: list[Any]) -> None:
-        model, threshold = self.model, self.model.threshold
-        lines: list[bytes] = []
-        counts = {PREDICTION: 0, FEEDBACK: 0}
-        for item in batch:
-            if isinstance(item, _Scored) and item.recorded:
-                probabilities = item.probabilities.tolist()
-                lines += prediction_lines(
-                    ts=item.ts,
-                    request_id=item.request_id,
-                    model_name=model.name,
-                    model_version=model.version,
-                    records=item.records,
-                    probabilities=probabilities,
-                    labels=[
-                        model.positive if p >= threshold else model.negative for p in probabilities
-                    ],
-                    latency_ms=item.latency_ms,
-                )
-                counts[PREDICTION] += len(probabilities)
-            elif isinstance(item, _Labels):
-                lines += item.lines
-                counts[FEEDBACK] += len(item.lines)
-        if not lines:
+    def _write(self, recorded: list[_Scored], labels: list[_Labels]) -> None:
+        """Encode the events and pass them to the I/O thread (dropped, counted, if the disk is
+        more than a queue's worth behind)."""
+        predictions = sum(len(item.records) for item in recorded)
+        feedback = sum(len(item.lines) for item in labels)
+        events = predictions + feedback
+        if not events:
             return
-        written = self.writer is not None and self.writer.write(b"".join(lines))
-        for kind, count in counts.items():
-            if count and written:
-                self.metrics.log_events.labels(kind).inc(count)
-            elif count:
-                self.metrics.log_dropped.labels("write_error").inc(count)
+        with self._lock:
+            room = self._unwritten + events <= self.capacity
+            if room:
+                self._unwritten += events
+        if not room:
+            self.metrics.log_dropped.labels("queue_full").inc(events)
+            return
+        encoders = {False: self._encoders, True: self._shadow_encoders}
+        chunks = [
+            encoders[shadow][version].lines(
+                [
+                    (i.ts, i.request_id, i.first, i.records, i.probabilities, i.latency_ms)
+                    for i in recorded
+                    if i.version == version and i.shadow == shadow
+                ]
+            )
+            # answered events before shadow ones: a reader joining a label to the first event
+            # of its (request_id, index) joins it to the answer
+            for version, shadow in sorted(
+                {(i.version, i.shadow) for i in recorded}, key=_shadow_last
+            )
+        ]
+        chunks += [line for item in labels for line in item.lines]
+        with self._lock:
+            self._encoded.append((b"".join(chunks), predictions, feedback))
+
+    # the I/O thread: disk writes, rotation, snapshots -----------------------------------------
+
+    def _io_run(self) -> None:
+        while True:
+            stopping = self._io_stopping.wait(IO_TICK)
+            self._write_encoded()
+            if self.writer is not None:
+                self.writer.rotate_if_due()
+            due = time.monotonic() - self._published >= PUBLISH_SECONDS
+            if self.shared_dir is not None and self._dirty and due:
+                self._publish()
+            if stopping:
+                break
+        if self.writer is not None:
+            self.writer.close()
+        if self.shared_dir is not None:
+            worker_state.remove(self.shared_dir, self.pid)
+
+    def _write_encoded(self) -> None:
+        with self._lock:
+            encoded, self._encoded = self._encoded, []
+        if not encoded:
+            return
+        assert self.writer is not None
+        written = self.writer.write(b"".join(data for data, _, _ in encoded))
+        predictions = sum(p for _, p, _ in encoded)
+        feedback = sum(f for _, _, f in encoded)
+        with self._lock:
+            self._unwritten -= predictions + feedback
+        for kind, count in ((PREDICTION, predictions), (FEEDBACK, feedback)):
+            if count:
+                counter = self.metrics.log_events if written else self.metrics.log_dropped
+                counter.labels(kind if written else "write_error").inc(count)
 
     def _publish(self) -> None:
         if self.shared_dir is None:
             return
-        drift = {}
-        if self.window is not None:
-            drift[self.model.version] = worker_state.DriftCounts(
-                self.model.profile_md5, self.window.records, self.window.counts()
+        known = self._known
+        drift = {
+            version: worker_state.DriftCounts(
+                known[version].profile_md5, window.records, window.counts()
             )
-        state = worker_state.WorkerState(
-            self.pid,
-            self.versions,
-            drift,
-            {version: window.pairs() for version, window in self._realized.items()},
-        )
+            for version, window in self._windows.items()
+        }
+        realized = {version: window.pairs() for version, window in list(self._realized.items())}
+        state = worker_state.WorkerState(self.pid, self._slots, drift, realized)
         worker_state.publish(self.shared_dir, state)
         self._published, self._dirty = time.monotonic(), False
 
@@ -304,13 +487,13 @@ class LiveMonitor:
                 self.metrics.feedback_unmatched.inc(unknown)
             if problems:
                 raise RequestRejected(404 if unknown else 409, problems, len(problems))
-            by_version: dict[str, tuple[list[float], list[int]]] = {}
+            by_version: dict[VersionInfo, tuple[list[float], list[int]]] = {}
             for label, hit in zip(labels, found, strict=True):
                 assert hit is not None
                 hit.ring.mark_labelled(np.array([hit.slot]))
                 scores, ys = by_version.setdefault(hit.version, ([], []))
                 scores.append(hit.probability)
-                ys.append(int(label.label == self.model.positive))
+                ys.append(int(label.label == hit.version.positive))
             for version, (scores, ys) in by_version.items():
                 self._realized_window(version).add(scores, ys)
             self._dirty = True
@@ -321,26 +504,26 @@ class LiveMonitor:
                 self.metrics.log_dropped.labels("queue_full").inc(len(lines))
         return len(labels)
 
-    def _realized_window(self, version: str) -> RealizedWindow:
-        window = self._realized.get(version)
+    def _realized_window(self, version: VersionInfo) -> RealizedWindow:
+        window = self._realized.get(version.id)
         if window is None:
-            window = RealizedWindow(self.config.realized_window_size, self.model.threshold)
-            self._realized[version] = window
+            window = RealizedWindow(version.realized_window_size, version.threshold)
+            self._realized = {**self._realized, version.id: window}
         return window
 
     def _sync(self) -> None:
         """Wait until what this process queued so far is indexed (a label may follow its
         prediction within milliseconds)."""
-        if self._thread is None:
+        if self._loop is None:
             return
         done = threading.Event()
         with self._lock:
             self._pending.append(done)
         done.wait(SYNC_TIMEOUT)
 
-    def _rings(self) -> list[tuple[PredictionRing, list[str]]]:
+    def _rings(self) -> list[tuple[PredictionRing, list[VersionInfo]]]:
         assert self.ring is not None
-        rings = [(self.ring, self.versions)]
+        rings = [(self.ring, self._slots)]
         if self.shared_dir is None:
             return rings
         attached, self._peer_rings = self._peer_rings, {}
@@ -377,19 +560,16 @@ class LiveMonitor:
 
     def snapshot(self) -> list[VersionMonitoring]:
         """Drift and realized numbers per model version, over this process and its peers."""
-        if not self.live or self.window is None:
+        if not self.live:
             return []
         peers = (
             worker_state.other_workers(self.shared_dir, self.pid)
             if self.shared_dir is not None
             else []
         )
-        counts, records = self.window.counts(), self.window.records
-        for peer in peers:
-            theirs = peer.drift.get(self.model.version)
-            if theirs and theirs.profile_md5 == self.model.profile_md5:
-                counts, records = counts + theirs.counts, records + theirs.records
-        pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {self.model.version: []}
+        known, windows = self._known, self._windows
+        infos = {v.id: v for peer in peers for v in peer.versions} | {v.id: v for v in self._slots}
+        pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {v: [] for v in windows}
         for version, window in list(self._realized.items()):
             pairs.setdefault(version, []).append(window.pairs())
         for peer in peers:
@@ -397,31 +577,40 @@ class LiveMonitor:
                 pairs.setdefault(version, []).append(pair)
         result = []
         for version, held in sorted(pairs.items()):
+            info = infos.get(version)
+            if info is None:
+                continue
             scores = np.concatenate([s for s, _ in held]) if held else np.zeros(0)
             ys = np.concatenate([y for _, y in held]) if held else np.zeros(0, np.int8)
-            enough = scores.size >= self.config.min_realized_labels
-            drift = version == self.model.version
+            enough = scores.size >= info.min_realized_labels
+            window = windows.get(version)
+            records, features, score = None, {}, float("nan")
+            if window is not None:
+                counts, records = window.counts(), window.records
+                for peer in peers:
+                    theirs = peer.drift.get(version)
+                    if theirs and theirs.profile_md5 == known[version].profile_md5:
+                        counts, records = counts + theirs.counts, records + theirs.records
+                features, score = window.feature_psi(counts), window.prediction_psi(counts)
             result.append(
                 VersionMonitoring(
                     model_version=version,
-                    records=records if drift else None,
-                    feature_psi=self.window.feature_psi(counts) if drift else {},
-                    prediction_psi=self.window.prediction_psi(counts) if drift else float("nan"),
+                    records=records,
+                    feature_psi=features,
+                    prediction_psi=score,
                     labels=int(scores.size),
-                    accuracy=accuracy(scores, ys, self.model.threshold) if enough else None,
+                    accuracy=accuracy(scores, ys, info.threshold) if enough else None,
                     roc_auc=roc_auc(scores, ys) if enough else None,
                 )
             )
         return result
 
-    def memory_bytes(self) -> int:
-        """Drift window and feedback index of this process (the realized window is ~9 kB)."""
-        window = self.window.memory_bytes() if self.window is not None else 0
-        return window + (self.ring.nbytes if self.ring is not None else 0)
 
-
-UNKNOWN = "unknown_prediction"
-DUPLICATE = "duplicate_feedback"
+def _size(item: Any) -> int:
+    """What a queued item counts against the queue's capacity."""
+    if type(item) is _Scored:
+        return len(item.records)
+    return len(item.lines) if type(item) is _Labels else 0  # a /feedback sync marker: 0
 
 
 def _problems(

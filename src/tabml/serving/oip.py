@@ -131,7 +131,7 @@ def infer(service: PredictionService, body: bytes, started: float) -> tuple[dict
     records = service.predictor.parse_columns(columns, rows)
     service.metrics.observe_batch(rows)
     probabilities = service.score(records)
-    service.monitor.observe(records, probabilities, started)
+    service.monitor.observe(service.version, records, probabilities, started)
     data = {
         "probability": probabilities.tolist(),
         "label": service.predictor.label_of(probabilities),

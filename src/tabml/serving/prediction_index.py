@@ -1,9 +1,9 @@
 """The feedback index: the last N recorded predictions of a process, by (request id, index).
 
 A label arriving on POST /feedback needs the probability and model version of the prediction it
-labels. They live in a ring of fixed-size entries (one numpy structured array, 18 bytes each: a
+labels. They live in a ring of fixed-size entries (one numpy structured array, 19 bytes each: a
 64-bit key hashed from request id and index, the probability, the model version's slot and a
-"labelled" flag), so 500,000 predictions take 9 MB and no per-request Python objects stay
+"labelled" flag), so 500,000 predictions take 9.5 MB and no per-request Python objects stay
 alive. With several workers the array is a memory-mapped file in the workers' shared directory:
 a label that reaches another worker than the one that served the prediction is found there.
 
@@ -15,11 +15,12 @@ reads as "not found", never as another prediction's probability.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-ENTRY = np.dtype([("key", "<u8"), ("probability", "<f8"), ("version", "u1"), ("labelled", "u1")])
+ENTRY = np.dtype([("key", "<u8"), ("probability", "<f8"), ("version", "<u2"), ("labelled", "u1")])
 #: Keys of one request's records are its hash plus index times this odd constant (mod 2^64).
 _STEP = 0x9E3779B97F4A7C15
 _MASK = (1 << 64) - 1
@@ -36,11 +37,16 @@ def prediction_key(request_id: str, index: int) -> int:
     return ((_request_hash(request_id) + index * _STEP) & _MASK) or 1
 
 
-def prediction_keys(request_id: str, count: int) -> np.ndarray:
-    """Keys of a request's records 0..count-1, as `prediction_key` computes them."""
-    keys = np.uint64(_request_hash(request_id)) + np.arange(count, dtype=np.uint64) * np.uint64(
-        _STEP
-    )
+def prediction_keys(
+    request_ids: Sequence[str], counts: Sequence[int], firsts: Sequence[int]
+) -> np.ndarray:
+    """Keys of records first..first+count-1 of each request, in order, as `prediction_key`
+    computes them: one hash per request, then numpy for all records of all requests at once."""
+    hashes = np.fromiter(map(_request_hash, request_ids), dtype=np.uint64, count=len(request_ids))
+    sizes = np.asarray(counts, dtype=np.intp)
+    starts = np.repeat(np.cumsum(sizes) - sizes - np.asarray(firsts, dtype=np.intp), sizes)
+    indices = (np.arange(starts.size) - starts).astype(np.uint64)
+    keys = np.repeat(hashes, sizes) + indices * np.uint64(_STEP)  # wraps around mod 2^64
     keys[keys == 0] = 1
     return keys
 
@@ -72,17 +78,24 @@ class PredictionRing:
     def nbytes(self) -> int:
         return self.entries.nbytes
 
-    def append(self, keys: np.ndarray, probabilities: np.ndarray, version: int) -> None:
-        """Record predictions, overwriting the oldest once full (single writer)."""
+    def append(self, keys: np.ndarray, probabilities: np.ndarray, versions: np.ndarray) -> None:
+        """Record predictions (with their version slots), overwriting the oldest once full;
+        single writer."""
         keys, probabilities = keys[-self.capacity :], probabilities[-self.capacity :]
-        slots = (self._next + np.arange(len(keys))) % self.capacity
-        entries = self.entries
-        entries["key"][slots] = 0
-        entries["probability"][slots] = probabilities
-        entries["version"][slots] = version
-        entries["labelled"][slots] = 0
-        entries["key"][slots] = keys
-        self._next = (self._next + len(keys)) % self.capacity
+        versions = versions[-self.capacity :]
+        start, count = self._next, len(keys)
+        first = min(count, self.capacity - start)  # up to the end, then from slot 0
+        for into, part in (
+            (slice(start, start + first), slice(0, first)),
+            (slice(0, count - first), slice(first, count)),
+        ):
+            entries = self.entries[into]
+            entries["key"] = 0
+            entries["probability"] = probabilities[part]
+            entries["version"] = versions[part]
+            entries["labelled"] = 0
+            entries["key"] = keys[part]
+        self._next = (start + count) % self.capacity
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each key, its slot (-1 when absent) and a copy of its entry."""

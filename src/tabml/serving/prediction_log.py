@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic_core import to_json
 
 from tabml.monitoring.events import (
@@ -37,47 +38,64 @@ from tabml.monitoring.events import (
 log = logging.getLogger("tabml.serving.prediction_log")
 
 
-def prediction_lines(
-    *,
-    ts: float,
-    request_id: str,
-    model_name: str,
-    model_version: str,
-    records: Sequence[Mapping[str, Any]],
-    probabilities: Sequence[float],
-    labels: Sequence[str],
-    latency_ms: float,
-) -> list[bytes]:
-    """One `prediction` event line per record of a request (index = position in the request)."""
-    return [
-        to_json(
-            {
-                "type": PREDICTION,
-                "ts": ts,
-                "request_id": request_id,
-                "index": index,
-                "model_name": model_name,
-                "model_version": model_version,
-                "record": record,
-                "probability": probability,
-                "label": label,
-                "latency_ms": latency_ms,
-            }
-        )
-        + b"\n"
-        for index, (record, probability, label) in enumerate(
-            zip(records, probabilities, labels, strict=True)
-        )
-    ]
+#: Records of an answered request as the log needs them: (ts, request id, index of the first
+#: record in the request, records, probabilities, latency in ms).
+Answered = tuple[float, str, int, Sequence[Mapping[str, Any]], np.ndarray, float]
+
+
+class PredictionLines:
+    """`prediction` event lines of one model version, cheaply.
+
+    What every event of the version shares is JSON-encoded once, each record by pydantic-core,
+    and the rest goes into a byte template, in one loop over all the requests of a drain: about
+    a third of the cost of building and serialising one dict per event, at one event per
+    scored record.
+    """
+
+    _TEMPLATE = (
+        b'{"type":"%s","ts":%r,"request_id":%s,"index":%d,"model_name":%s,'
+        b'"model_version":%s,"record":%s,"probability":%r,"label":%s,"latency_ms":%r}\n'
+    )
+
+    #: a challenger's shadow score of a champion-answered request: `"shadow": true` added
+    _SHADOW_TEMPLATE = _TEMPLATE.removesuffix(b"}\n") + b',"shadow":true}\n'
+
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str,
+        threshold: float,
+        negative: str,
+        positive: str,
+        *,
+        shadow: bool = False,
+    ) -> None:
+        self._template = self._SHADOW_TEMPLATE if shadow else self._TEMPLATE
+        self._constants = (PREDICTION.encode(), to_json(model_name), to_json(model_version))
+        self._threshold = threshold
+        self._labels = (to_json(negative), to_json(positive))
+
+    def lines(self, requests: Sequence[Answered]) -> bytes:
+        """The events of many requests, one per record (index: its position in its request),
+        labelled at the version's threshold as the responses were."""
+        template, (kind, name, version) = self._template, self._constants
+        threshold, (negative, positive) = self._threshold, self._labels
+        out = []
+        for ts, request_id, first, records, probabilities, latency_ms in requests:
+            rid, latency = to_json(request_id), round(latency_ms, 3)
+            pairs = zip(records, probabilities.tolist(), strict=True)
+            for index, (record, p) in enumerate(pairs, start=first):
+                label = positive if p >= threshold else negative
+                out.append(
+                    template
+                    % (kind, ts, rid, index, name, version, to_json(record), p, label, latency)
+                )
+        return b"".join(out)
 
 
 def feedback_line(ts: float, request_id: str, index: int, label: str) -> bytes:
-    return (
-        to_json(
-            {"type": FEEDBACK, "ts": ts, "request_id": request_id, "index": index, "label": label}
-        )
-        + b"\n"
-    )
+    event = {"type": FEEDBACK, "ts": ts, "request_id": request_id, "index": index, "label": label}
+    return to_json(event) + b"\n"
 
 
 def _closed(path: Path) -> Path:

@@ -117,7 +117,8 @@ class PredictionService:
             positive=label.positive,
         )
         shared = multiprocess_dir()
-        monitor = LiveMonitor(settings, served, metrics, Path(shared) if shared else None)
+        monitor = LiveMonitor(settings, metrics, Path(shared) if shared else None)
+        monitor.serve([served])
         metrics.add_collector(MonitorCollector(monitor.snapshot))
         return cls(
             settings,
@@ -182,7 +183,7 @@ class PredictionService:
         records = self.predictor.parse_json(body)
         self.metrics.observe_batch(len(records))
         probabilities = self.score(records)
-        self.monitor.observe(records, probabilities, started)
+        self.monitor.observe(self.version, records, probabilities, started)
         return self.render(probabilities), len(records)
 
     async def predict_json_async(self, body: bytes, started: float) -> tuple[bytes, int]:
@@ -193,7 +194,7 @@ class PredictionService:
         records = self.predictor.parse_json(body)
         self.metrics.observe_batch(len(records))
         probabilities = await self.batcher.score(records)
-        self.monitor.observe(records, probabilities, started)
+        self.monitor.observe(self.version, records, probabilities, started)
         return self.render(probabilities), len(records)
 
     def count_rejected(self, exc: RequestRejected) -> None:

@@ -34,6 +34,17 @@ def ring_path(directory: Path, pid: int) -> Path:
 
 
 @dataclass(frozen=True)
+class VersionInfo:
+    """What a worker that never served a version needs to count labels for it."""
+
+    id: str
+    threshold: float
+    positive: str  # the label value that counts as 1
+    realized_window_size: int
+    min_realized_labels: int
+
+
+@dataclass(frozen=True)
 class DriftCounts:
     profile_md5: str
     records: int
@@ -43,8 +54,8 @@ class DriftCounts:
 @dataclass(frozen=True)
 class WorkerState:
     pid: int
-    #: model version of each version slot of the worker's feedback index
-    versions: list[str]
+    #: the model version of each version slot of the worker's feedback index
+    versions: list[VersionInfo]
     drift: dict[str, DriftCounts] = field(default_factory=dict)
     #: model version → (scores, 0/1 labels) of the worker's realized window
     realized: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -52,7 +63,7 @@ class WorkerState:
     def to_json(self) -> str:
         document: dict[str, Any] = {
             "pid": self.pid,
-            "versions": self.versions,
+            "versions": [vars(v) for v in self.versions],
             "drift": {
                 version: {
                     "profile_md5": d.profile_md5,
@@ -73,7 +84,7 @@ class WorkerState:
         raw = json.loads(text)
         return cls(
             pid=int(raw["pid"]),
-            versions=[str(v) for v in raw["versions"]],
+            versions=[VersionInfo(**v) for v in raw["versions"]],
             drift={
                 version: DriftCounts(
                     str(d["profile_md5"]), int(d["records"]), np.asarray(d["counts"], np.int64)
