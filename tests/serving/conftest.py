@@ -129,8 +129,14 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(workspace: Workspace, *options: str, timeout: float = 60.0) -> Iterator[Server]:
-    """`tabml-serve` in its own process on a free loopback port; yields once /ready is 200."""
+def serve(
+    workspace: Workspace,
+    *options: str,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> Iterator[Server]:
+    """`tabml-serve` in its own process on a free loopback port, with extra environment `env`
+    (e.g. TABML_ADMIN_TOKEN); yields once /ready is 200."""
     port = free_port()
     log = workspace.root / f"serve-{port}.log"
     url = f"http://127.0.0.1:{port}"
@@ -139,7 +145,7 @@ def serve(workspace: Workspace, *options: str, timeout: float = 60.0) -> Iterato
         log=log,
         ready_url=f"{url}/ready",
         cwd=workspace.root,
-        env=child_env(),
+        env=child_env(**(env or {})),
         timeout=timeout,
     ) as process:
         yield Server(url, process, log)

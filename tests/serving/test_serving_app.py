@@ -163,16 +163,18 @@ def test_metrics_exposition(workspace: Any, test_set: Any) -> None:
     assert samples['tabml_http_requests_total{method="POST",route="/predict",status="200"}'] == 3
     assert samples['tabml_http_requests_total{method="POST",route="/predict",status="422"}'] == 1
     assert samples['tabml_http_request_duration_seconds_count{route="/predict"}'] == 4
-    assert samples["tabml_prediction_batch_rows_count"] == 3
-    assert samples["tabml_prediction_batch_rows_sum"] == 111
-    assert samples["tabml_predicted_rows_total"] == 111
-    assert samples['tabml_prediction_score_bucket{le="+Inf"}'] == 111
+    # prediction series carry the version that answered
+    version = f'model_version="{fresh.app.state.service.version}"'
+    assert samples[f"tabml_prediction_batch_rows_count{{{version}}}"] == 3
+    assert samples[f"tabml_prediction_batch_rows_sum{{{version}}}"] == 111
+    assert samples[f"tabml_predicted_rows_total{{{version}}}"] == 111
+    assert samples[f'tabml_prediction_score_bucket{{le="+Inf",{version}}}'] == 111
     expected = test_set.probabilities[:111]
-    assert samples["tabml_prediction_score_sum"] == pytest.approx(expected.sum())
+    assert samples[f"tabml_prediction_score_sum{{{version}}}"] == pytest.approx(expected.sum())
     for bound in ("0.1", "0.5", "0.9"):
-        key = f'tabml_prediction_score_bucket{{le="{bound}"}}'
+        key = f'tabml_prediction_score_bucket{{le="{bound}",{version}}}'
         assert samples[key] == np.sum(expected <= float(bound))
-    assert samples["tabml_predicted_positive_total"] == np.sum(expected >= 0.5)
+    assert samples[f"tabml_predicted_positive_total{{{version}}}"] == np.sum(expected >= 0.5)
     assert samples['tabml_validation_errors_total{field="sex"}'] == 1
     assert samples["tabml_ready"] == 1
     assert any(k.startswith("tabml_model_info{") and 'model_name="adult"' in k for k in samples)
@@ -331,8 +333,8 @@ def test_openapi_documents_each_error_body_as_sent(client: Any) -> None:
                     assert key in _target(spec, ref)["required"], (method, path, status)
                     documented += 1
     # /predict: 400, 413, 422; model metadata and readiness: 404; both infer: 400, 404, 413, 422;
-    # /feedback: 400, 404, 409, 413, 422
-    assert documented == 3 + 4 + 2 * 4 + 5
+    # /feedback: 400, 404, 409, 413, 422; /admin/reload: 401, 404, 409
+    assert documented == 3 + 4 + 2 * 4 + 5 + 3
 
 
 def test_unknown_model_or_version_is_a_documented_404(client: Any) -> None:

@@ -11,7 +11,11 @@ Two event types share the log:
 * `prediction` (one per scored record; a batch of N gives N events with one request id):
   `{"type": "prediction", "ts": <unix seconds>, "request_id": str, "index": int,
   "model_name": str, "model_version": str, "record": {<validated raw input>},
-  "probability": float, "label": str, "latency_ms": float}`
+  "probability": float, "label": str, "latency_ms": float}`. `model_version` is the version
+  that answered (a bundle's version id, e.g. `v3`). In shadow routing the challenger's score of
+  the same record is a second event with the same `request_id` and `index`, its own
+  `model_version`, `"shadow": true` (absent on answered predictions) and as `latency_ms` the
+  challenger's scoring time (the client never waited for it).
 * `feedback` (a label that came back for a logged prediction):
   `{"type": "feedback", "ts": <unix seconds>, "request_id": str, "index": int, "label": str}`
 """

@@ -49,6 +49,10 @@ class ReloadResponse(BaseModel):
     detail: str | None = Field(None, description="why the reload was refused")
 
 
+class ReloadRefused(ReloadResponse):
+    detail: str = Field(description="why the reload was refused; the previous versions serve")
+
+
 class AdminError(BaseModel):
     detail: str
 
@@ -68,7 +72,7 @@ def router(reloader: Reloader, token: str | None) -> APIRouter:
             401: {"model": AdminError, "description": "missing or wrong admin token"},
             404: {"model": AdminError, "description": "no admin token configured: endpoint off"},
             409: {
-                "model": ReloadResponse,
+                "model": ReloadRefused,
                 "description": "reload refused (e.g. a file fails its md5 check); the previous "
                 "versions keep serving",
             },

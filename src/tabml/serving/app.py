@@ -20,10 +20,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from tabml.serving import feedback, oip
+from tabml.serving import admin, feedback, oip, reload
 from tabml.serving.middleware import RequestContextMiddleware
 from tabml.serving.predictor import RequestRejected
-from tabml.serving.routing import BodyReader, Handler, HandlerResult, ShortPath, rejection_body
+from tabml.serving.routing import (
+    MODEL_VERSION_RESPONSE_HEADER,
+    BodyReader,
+    Handler,
+    HandlerResult,
+    ShortPath,
+    rejection_body,
+)
 from tabml.serving.schemas import ErrorResponse, PredictionResponse, inline_schema
 from tabml.serving.service import PredictionService
 from tabml.serving.settings import ServingSettings
@@ -73,11 +80,11 @@ def predict_handler(service: PredictionService) -> Handler:
     async def predict(read_body: BodyReader, params: dict[str, Any]) -> HandlerResult:
         started = time.perf_counter()
         try:
-            content, rows = await service.predict_json_async(await read_body(), started)
+            content, rows, version = await service.predict_json_async(await read_body(), started)
         except RequestRejected as exc:
             service.count_rejected(exc)
             return HandlerResult(exc.status, rejection_body(exc))
-        return HandlerResult(200, content, rows)
+        return HandlerResult(200, content, rows, version)
 
     return predict
 
@@ -104,7 +111,7 @@ def prediction_router(service: PredictionService, predict: ShortPath) -> APIRout
         responses={
             200: {
                 "model": PredictionResponse,
-                "headers": feedback.REQUEST_ID_RESPONSE_HEADER,
+                "headers": {**feedback.REQUEST_ID_RESPONSE_HEADER, **MODEL_VERSION_RESPONSE_HEADER},
                 "links": feedback.links(service.model.contract),
             },
             400: errors,
@@ -163,24 +170,36 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
         service.monitor.start()
+        service.shadow.start()
+        reload.install_sighup(service.reloader, loop)
         warm_up = asyncio.ensure_future(run_in_threadpool(service.warm_up))
         yield
+        reload.remove_sighup(loop)
         await warm_up
-        # After the last request (uvicorn's graceful shutdown): write the queued log events.
+        # After the last request (uvicorn's graceful shutdown): score the queued shadow copies,
+        # then write the queued log events.
+        await run_in_threadpool(service.shadow.stop)
         service.monitor.stop()
+        service.metrics.process_exiting()
 
-    app = FastAPI(
-        title="tabml prediction service",
-        version=service.version,
-        summary=f"Predictions of model '{service.name}' (version {service.version}), identical "
-        "to offline ones; validation from the training data contract.",
-        lifespan=lifespan,
-    )
+    app = FastAPI(title="tabml prediction service", lifespan=lifespan)
+    versions: list[str] = []  # the version ids the OpenAPI document lists: those served now
+    _describe(app, service, versions)
     app.state.service = service
     predict, *infer = short_paths(service)
     app.include_router(prediction_router(service, predict))
-    app.include_router(oip.router(service, infer))
+    app.include_router(oip.router(service, infer, versions))
+    app.include_router(admin.router(service.reloader, _secret(settings)))
+    serving = service.reloader.on_swap
+
+    def swapped(old: Any, new: Any) -> None:
+        if serving is not None:
+            serving(old, new)
+        _describe(app, service, versions)  # the OpenAPI document names the versions served
+
+    service.reloader.on_swap = swapped
     app.include_router(
         feedback.router(
             service.model.contract,
@@ -207,3 +226,19 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         return JSONResponse({"detail": detail, "error_count": len(detail)}, status_code=422)
 
     return app
+
+
+def _describe(app: FastAPI, service: PredictionService, documented: list[str]) -> None:
+    models = service.models
+    versions = ", ".join(f"{role} {version}" for role, version in models.roles().items())
+    app.version = service.version
+    app.summary = (
+        f"Predictions of model '{service.name}' ({versions}; route {models.effective_route}), "
+        "identical to offline ones; validation from the training data contract."
+    )
+    documented[:] = [version.id for version in models.versions]
+    app.openapi_schema = None  # regenerated on the next request for it
+
+
+def _secret(settings: ServingSettings) -> str | None:
+    return settings.admin_token.get_secret_value() if settings.admin_token else None

@@ -3,6 +3,7 @@
     tabml-serve                         # http://127.0.0.1:8000, one worker
     tabml-serve --host 0.0.0.0 --port 8080 --workers 4
     tabml-serve --prediction-log-dir /var/log/tabml   # also log every prediction
+    tabml-serve --bundle /srv/tabml/bundle --route canary:0.1   # champion + challenger
 
 Every setting is also an environment variable (TABML_MODEL_DIR, TABML_MAX_BATCH, ...; see
 `tabml.serving.settings`); options given here override them and are passed on to the workers.
@@ -27,6 +28,10 @@ log = logging.getLogger("tabml.serving")
 _SETTING_OPTIONS = {
     "model_dir": "TABML_MODEL_DIR",
     "dvc_lock": "TABML_DVC_LOCK",
+    "bundle": "TABML_BUNDLE",
+    "challenger": "TABML_CHALLENGER",
+    "challenger_dvc_lock": "TABML_CHALLENGER_DVC_LOCK",
+    "route": "TABML_ROUTE",
     "metrics_file": "TABML_METRICS_FILE",
     "max_batch": "TABML_MAX_BATCH",
     "threshold": "TABML_THRESHOLD",
@@ -93,6 +98,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve artifacts that do not match dvc.lock (not for production)",
     )
     parser.add_argument("--log-level", help="INFO (default), DEBUG, WARNING, ...")
+    versions = parser.add_argument_group(
+        "champion and challenger (docs/serving.md; reload: SIGHUP, or POST /admin/reload with "
+        "TABML_ADMIN_TOKEN)"
+    )
+    versions.add_argument(
+        "--bundle", help="bundle directory (default: the models directory as a one-version bundle)"
+    )
+    versions.add_argument(
+        "--challenger",
+        help="challenger: a models directory from another checkout, or a bundle (its champion); "
+        "overrides the bundle's challenger",
+    )
+    versions.add_argument(
+        "--challenger-dvc-lock", help="dvc.lock for --challenger (default: its ../dvc.lock)"
+    )
+    versions.add_argument(
+        "--route",
+        help="champion (default) | canary:<fraction>, e.g. canary:0.1 (sticky by X-Routing-Key) "
+        "| shadow",
+    )
     monitoring = parser.add_argument_group("monitoring (docs/monitoring.md)")
     monitoring.add_argument(
         "--prediction-log-dir", help="write prediction and feedback events here (default: off)"
@@ -161,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from tabml.model import ModelFileError
+    from tabml.errors import TabmlError
     from tabml.serving.logs import logging_config
     from tabml.serving.protocol import best_protocol
     from tabml.serving.provenance import ArtifactIntegrityError
@@ -194,10 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             app = create_app(settings)
             freeze_loaded_objects()
         else:  # check once here, with a clear message, before the workers load it again
-            from tabml.serving.service import load_verified_model
+            from tabml.serving.versions import ModelSources, load_served_models
 
-            load_verified_model(settings)
-    except (ModelFileError, ArtifactIntegrityError) as exc:
+            load_served_models(ModelSources.from_settings(settings), warm_up=False)
+    except (TabmlError, ArtifactIntegrityError) as exc:
         log.error("cannot start: %s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -205,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers == 1:
         uvicorn.run(app, **common)
     else:
+        from tabml.serving.supervisor import run_workers
+
         _share_metrics_across_workers()
-        uvicorn.run(
-            "tabml.serving.worker:create_app_from_env", factory=True, workers=args.workers, **common
-        )
+        run_workers(args.workers, **common)  # uvicorn's supervisor; SIGHUP reloads every worker
     return 0
 
 

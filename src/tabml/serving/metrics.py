@@ -57,22 +57,28 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        # Prediction series carry the version that answered (`model_version`).
         self.batch_rows = Histogram(
             "tabml_prediction_batch_rows",
             "Records per prediction request",
+            ["model_version"],
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
-        self.rows = Counter("tabml_predicted_rows", "Records scored", registry=registry)
+        self.rows = Counter(
+            "tabml_predicted_rows", "Records scored", ["model_version"], registry=registry
+        )
         self.scores = Histogram(
             "tabml_prediction_score",
             "Predicted probability of the positive class",
+            ["model_version"],
             buckets=SCORE_BUCKETS,
             registry=registry,
         )
         self.positives = Counter(
             "tabml_predicted_positive",
             "Records labelled positive at the threshold",
+            ["model_version"],
             registry=registry,
         )
         self.validation_errors = Counter(
@@ -83,11 +89,30 @@ class ServiceMetrics:
         )
         self.model_info = Gauge(
             "tabml_model_info",
-            "The served model (value 1), labelled with its identity",
-            ["model_name", "model_version", "model_md5", "lightgbm_version"],
+            "The served model versions (1; 0 once replaced by a reload), labelled with their "
+            "identity and role (champion, challenger)",
+            ["model_name", "model_version", "model_md5", "lightgbm_version", "role"],
             registry=registry,
-            multiprocess_mode="max",
+            # live: the files of a worker that stopped are removed (`process_exiting`), so a
+            # version replaced by a rolling restart does not linger
+            multiprocess_mode="livemax",
         )
+        self.shadow_rows = Counter(
+            "tabml_shadow_rows",
+            "Records of champion-answered requests the challenger scored in shadow, by result: "
+            "scored, dropped (queue full), failed (the challenger raised)",
+            ["model_version", "result"],
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "tabml_model_reloads",
+            "Reloads of the served versions (SIGHUP, POST /admin/reload) by outcome: ok, or "
+            "refused (the previous versions kept serving)",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("ok", "refused"):
+            self.reloads.labels(outcome)
         self.ready = Gauge(
             "tabml_ready",
             "1 once the warm-up prediction succeeded",
@@ -128,9 +153,41 @@ class ServiceMetrics:
                 registry.register(collector)
         self._score_bounds = np.asarray(self.scores._upper_bounds)
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._version_children: dict[str, tuple[Any, Any, Any, Any]] = {}
+        self._served: set[tuple[str, ...]] = set()
 
-    def set_model(self, name: str, version: str, md5: str, lightgbm_version: str) -> None:
-        self.model_info.labels(name, version, md5, lightgbm_version).set(1)
+    def set_models(self, served: Iterable[tuple[str, str, str, str, str]]) -> None:
+        """The versions served now, as (name, version, md5, lightgbm version, role); those
+        served before and not now go to 0."""
+        now = {tuple(labels) for labels in served}
+        for labels in self._served - now:
+            self.model_info.labels(*labels).set(0)
+        for labels in now:
+            self.model_info.labels(*labels).set(1)
+        self._served = now
+
+    def process_exiting(self) -> None:
+        """Multi-process mode: withdraw this worker's live gauges (its model info and
+        readiness) as it stops, so the survivors' and successors' values are what /metrics
+        shows."""
+        directory = multiprocess_dir()
+        if directory is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), directory)
+
+    def _of_version(self, version: str) -> tuple[Any, Any, Any, Any]:
+        found = self._version_children.get(version)
+        if found is not None:
+            return found
+        children = (  # labels are bounded: the versions served
+            self.batch_rows.labels(version),
+            self.rows.labels(version),
+            self.scores.labels(version),
+            self.positives.labels(version),
+        )
+        self._version_children = {**self._version_children, version: children}
+        return children
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -144,33 +201,35 @@ class ServiceMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_batch(self, rows: int) -> None:
-        """One prediction request of `rows` records."""
-        self.batch_rows.observe(rows)
-        self.rows.inc(rows)
+    def observe_batch(self, rows: int, version: str) -> None:
+        """One prediction request of `rows` records, answered by `version`."""
+        batch_rows, counted, _, _ = self._of_version(version)
+        batch_rows.observe(rows)
+        counted.inc(rows)
 
-    def observe_scores(self, probabilities: np.ndarray, threshold: float) -> None:
+    def observe_scores(self, probabilities: np.ndarray, threshold: float, version: str) -> None:
+        _, _, scores, positives = self._of_version(version)
         if len(probabilities) <= 32:  # numpy's per-call overhead exceeds the loop's cost
             values = probabilities.tolist()
-            self.positives.inc(sum(v >= threshold for v in values))
+            positives.inc(sum(v >= threshold for v in values))
             for value in values:
-                self.scores.observe(value)
+                scores.observe(value)
             return
-        self.positives.inc(int(np.count_nonzero(probabilities >= threshold)))
+        positives.inc(int(np.count_nonzero(probabilities >= threshold)))
         # One histogram update per bucket instead of per row (a 10,000-row batch costs ~50 µs).
         counts = np.bincount(
             np.searchsorted(self._score_bounds, probabilities, side="left"),
             minlength=len(self._score_bounds),
         )
-        buckets = getattr(self.scores, "_buckets", None)
+        buckets = getattr(scores, "_buckets", None)
         if buckets is None or len(buckets) != len(counts):  # pragma: no cover - other versions
             for p in probabilities.tolist():
-                self.scores.observe(p)
+                scores.observe(p)
             return
         for bucket, count in zip(buckets, counts.tolist(), strict=True):
             if count:
                 bucket.inc(count)
-        self.scores._sum.inc(float(probabilities.sum()))
+        scores._sum.inc(float(probabilities.sum()))
 
     def observe_rejected(self, fields: list[str | None]) -> None:
         """Count rejected values by contract field (anything else is "(other)": bounded labels)."""

@@ -1,5 +1,6 @@
 """Per-request bookkeeping as a plain ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware):
-request ID in and out, access log line, request metrics, and a JSON 500 that never loses the ID.
+request ID in and out, access log line, request metrics, and a JSON 500 that never loses the ID;
+the routing key (`X-Routing-Key`) made available to the version choice (`traffic_split`).
 It also dispatches the prediction endpoints on their short path (`tabml.serving.routing`)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tabml.serving import logs
+from tabml.serving import logs, traffic_split
 from tabml.serving.metrics import ServiceMetrics
 from tabml.serving.routing import ShortPath
 
@@ -19,6 +20,7 @@ access_log = logging.getLogger("tabml.serving.access")
 error_log = logging.getLogger("tabml.serving.error")
 
 _HEADER = logs.REQUEST_ID_HEADER.encode()
+_ROUTING_KEY = traffic_split.ROUTING_KEY_HEADER.lower().encode()
 
 
 class RequestContextMiddleware:
@@ -34,13 +36,15 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        incoming = None
+        incoming = key = None
         for name, value in scope["headers"]:
             if name == _HEADER:
                 incoming = value.decode("latin-1")
-                break
+            elif name == _ROUTING_KEY:
+                key = value
         request_id = logs.accept_or_make_request_id(incoming)
         token = logs.request_id.set(request_id)
+        key_token = traffic_split.routing_key.set(key)
         header = (_HEADER, request_id.encode())
         response: dict[str, Any] = {"status": 500, "started": False}
 
@@ -96,3 +100,4 @@ class RequestContextMiddleware:
                 extra["rows"] = rows
             access_log.info("%s %s %s", scope["method"], scope["path"], status, extra=extra)
             logs.request_id.reset(token)
+            traffic_split.routing_key.reset(key_token)

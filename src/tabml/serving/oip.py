@@ -16,8 +16,15 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
+from tabml.contract import DataContract
 from tabml.serving.predictor import RequestRejected
-from tabml.serving.routing import BodyReader, Handler, HandlerResult, ShortPath
+from tabml.serving.routing import (
+    MODEL_VERSION_RESPONSE_HEADER,
+    BodyReader,
+    Handler,
+    HandlerResult,
+    ShortPath,
+)
 from tabml.serving.schemas import (
     InferenceRequest,
     InferenceResponse,
@@ -32,6 +39,7 @@ from tabml.serving.schemas import (
     inline_schema,
 )
 from tabml.serving.service import INLINE_BODY_BYTES, PredictionService
+from tabml.serving.versions import ModelVersion, ServedModels
 
 INPUT_DATATYPES = {"int": "INT64", "float": "FP64", "category": "BYTES"}
 # Any numeric tensor fits a numeric column: its values are what is checked, so an `int` column
@@ -76,9 +84,9 @@ def _column(tensor: InferenceTensor) -> tuple[list[Any], int]:
 
 
 def tensors_to_columns(
-    service: PredictionService, request: InferenceRequest
+    contract: DataContract, request: InferenceRequest
 ) -> tuple[dict[str, list[Any]], int]:
-    specs = {c.name: c for c in service.model.contract.columns}
+    specs = {c.name: c for c in contract.columns}
     columns: dict[str, list[Any]] = {}
     rows: int | None = None
     for tensor in request.inputs:
@@ -101,9 +109,7 @@ def tensors_to_columns(
         rows = n
         columns[tensor.name] = data
     assert rows is not None  # InferenceRequest requires at least one input
-    missing = [
-        c.name for c in service.model.contract.columns if c.name not in columns and not c.nullable
-    ]
+    missing = [c.name for c in contract.columns if c.name not in columns and not c.nullable]
     if missing:
         raise RequestRejected(
             422,
@@ -121,28 +127,35 @@ def tensors_to_columns(
     return columns, rows
 
 
-def infer(service: PredictionService, body: bytes, started: float) -> tuple[dict[str, Any], int]:
+def infer(
+    service: PredictionService,
+    body: bytes,
+    started: float,
+    answering: tuple[ServedModels, ModelVersion],
+) -> tuple[dict[str, Any], int]:
+    """An infer body → (response, rows), scored by the version chosen for the request."""
+    models, version = answering
     try:
         request = InferenceRequest.model_validate_json(body)
     except ValidationError as exc:
         raise _request_errors(exc) from None
     wanted = [o.name for o in request.outputs] if request.outputs else list(OUTPUTS)
-    columns, rows = tensors_to_columns(service, request)
-    records = service.predictor.parse_columns(columns, rows)
-    service.metrics.observe_batch(rows)
-    probabilities = service.score(records)
-    service.monitor.observe(service.version, records, probabilities, started)
+    columns, rows = tensors_to_columns(version.model.contract, request)
+    records = version.predictor.parse_columns(columns, rows)
+    service.metrics.observe_batch(rows, version.id)
+    probabilities = version.score(records)
+    service.answered(models, version, records, probabilities, started)
     data = {
         "probability": probabilities.tolist(),
-        "label": service.predictor.label_of(probabilities),
+        "label": version.predictor.label_of(probabilities),
     }
     outputs = [
         {"name": name, "datatype": OUTPUTS[name], "shape": [rows], "data": data[name]}
         for name in wanted
     ]
     return {
-        "model_name": service.name,
-        "model_version": service.version,
+        "model_name": version.name,
+        "model_version": version.id,
         "id": request.id,
         "outputs": outputs,
     }, rows
@@ -169,13 +182,12 @@ def _request_errors(exc: ValidationError) -> RequestRejected:
 def _unknown_model_message(
     service: PredictionService, model_name: str, model_version: str | None = None
 ) -> str | None:
-    if model_name != service.name:
-        return f"model {model_name!r} not found; this server serves {service.name!r}"
-    if model_version is not None and model_version != service.version:
-        return (
-            f"version {model_version!r} of model {model_name!r} not found; "
-            f"serving {service.version!r}"
-        )
+    models = service.models
+    if model_name != models.champion.name:
+        return f"model {model_name!r} not found; this server serves {models.champion.name!r}"
+    if model_version is not None and models.get(model_version) is None:
+        served = ", ".join(repr(v.id) for v in models.versions)
+        return f"version {model_version!r} of model {model_name!r} not found; serving {served}"
     return None
 
 
@@ -192,19 +204,24 @@ def infer_handler(service: PredictionService) -> Handler:
         unknown = _unknown_model_message(service, **params)
         if unknown is not None:
             return HandlerResult(404, to_json({"error": unknown}))
+        # a version named in the path answers; otherwise the route decides, as for /predict
+        models, version = service.answering()
+        if params.get("model_version") is not None:
+            version = models.get(params["model_version"]) or version
+        chosen = (models, version)
         try:
             body = await read_body()
             if len(body) <= INLINE_BODY_BYTES:
-                result, rows = infer(service, body, started)
+                result, rows = infer(service, body, started, chosen)
             else:
-                result, rows = await run_in_threadpool(infer, service, body, started)
+                result, rows = await run_in_threadpool(infer, service, body, started, chosen)
         except RequestRejected as exc:
             service.count_rejected(exc)
             if isinstance(exc.detail, str):
                 return HandlerResult(exc.status, to_json({"error": exc.detail}))
             message = f"{exc.error_count} error(s); first: {_describe(exc.detail[0])}"
             return HandlerResult(exc.status, to_json({"error": message, "detail": exc.detail}))
-        return HandlerResult(200, to_json(result), rows)
+        return HandlerResult(200, to_json(result), rows, version.id)
 
     return infer_v2
 
@@ -219,7 +236,11 @@ def short_paths(service: PredictionService) -> list[ShortPath]:
     ]
 
 
-def router(service: PredictionService, infer_paths: list[ShortPath]) -> APIRouter:
+def router(
+    service: PredictionService, infer_paths: list[ShortPath], versions: list[str]
+) -> APIRouter:
+    """The OIP routes; `versions` is the list of served version ids the document shows (the
+    app updates it in place after a reload)."""
     api = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
     error: dict[str, Any] = {"model": OipErrorResponse}
     not_found: Responses = {404: {**error, "description": "no such model or version here"}}
@@ -229,14 +250,14 @@ def router(service: PredictionService, infer_paths: list[ShortPath]) -> APIRoute
     # Path parameters are documented, not declared: a declared one makes FastAPI document a 422
     # that no request can get (any string is a name), where the protocol answers 404. The one
     # model and version served are their only documented values, so clients and fuzzers see them.
-    name = _path_parameter("model_name", service.name, "the served model")
-    version = _path_parameter("model_version", service.version, "its version")
+    name = _path_parameter("model_name", [service.name], "the served model")
+    version = _path_parameter("model_version", versions, "a version served (champion, challenger)")
     of_model, of_version = {"parameters": [name]}, {"parameters": [name, version]}
 
     def model_metadata() -> dict[str, Any]:
         return {
             "name": service.name,
-            "versions": [service.version],
+            "versions": [v.id for v in service.models.versions],
             "platform": "lightgbm",
             "inputs": [
                 {"name": c.name, "datatype": INPUT_DATATYPES[c.type], "shape": [-1]}
@@ -321,7 +342,7 @@ def router(service: PredictionService, infer_paths: list[ShortPath]) -> APIRoute
     }
     model_endpoint, version_endpoint = (path.endpoint() for path in infer_paths)
     responses: Responses = {
-        200: {"model": InferenceResponse},
+        200: {"model": InferenceResponse, "headers": MODEL_VERSION_RESPONSE_HEADER},
         400: {**error, "description": "malformed JSON"},
         **not_found,
         413: {**error, "description": "body or batch too large"},
@@ -363,13 +384,13 @@ def router(service: PredictionService, infer_paths: list[ShortPath]) -> APIRoute
     return api
 
 
-def _path_parameter(name: str, value: str, description: str) -> dict[str, Any]:
+def _path_parameter(name: str, values: list[str], description: str) -> dict[str, Any]:
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string", "enum": [value]},
+        "schema": {"type": "string", "enum": values},
     }
 
 

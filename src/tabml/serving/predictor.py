@@ -214,6 +214,15 @@ class Predictor:
             self._check_size(exc)
             raise self._rejected(exc, single_record=False) from None
 
+    def validate_records(self, records: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Records validated by another version's schema, validated by this one's (a shadow
+        challenger whose data contract differs). Raises RequestRejected."""
+        try:
+            return self._many.validate_python(list(records))
+        except ValidationError as exc:
+            self._check_size(exc)
+            raise self._rejected(exc, single_record=False) from None
+
     # prediction -------------------------------------------------------------------------
 
     def encode(self, records: Sequence[Record]) -> np.ndarray:

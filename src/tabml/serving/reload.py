@@ -94,8 +94,8 @@ class Reloader:
         #: the snapshot a request reads once, at its start (one attribute: swapped atomically)
         self.current = initial
         self._load = load
-        self._on_swap = on_swap
-        self._on_outcome = on_outcome
+        self.on_swap = on_swap
+        self.on_outcome = on_outcome
         self._release_delay = release_delay
         self._lock = threading.Lock()
         self.reloads = 0
@@ -139,16 +139,16 @@ class Reloader:
                     _versions(old),
                     extra={"reload_trigger": trigger, "reload_ok": True},
                 )
-                if self._on_swap is not None:
+                if self.on_swap is not None:
                     try:
-                        self._on_swap(old, new)
+                        self.on_swap(old, new)
                     except Exception:
                         log.exception("after-swap hook failed (the new versions are serving)")
                 self._schedule_release()
                 outcome = ReloadOutcome(True, new, trigger, seconds)
-        if self._on_outcome is not None:
+        if self.on_outcome is not None:
             try:
-                self._on_outcome(outcome)
+                self.on_outcome(outcome)
             except Exception:
                 log.exception("counting a reload failed")
         return outcome

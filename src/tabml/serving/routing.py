@@ -28,6 +28,15 @@ from starlette.types import Receive, Scope, Send
 from tabml.serving.predictor import RequestRejected
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+#: Every prediction response names the model version that answered it.
+MODEL_VERSION_HEADER = b"x-model-version"
+#: ... and documents it in OpenAPI (the body's `model_version` says the same).
+MODEL_VERSION_RESPONSE_HEADER = {
+    MODEL_VERSION_HEADER.decode(): {
+        "description": "the model version that answered (champion or challenger, as routed)",
+        "schema": {"type": "string"},
+    }
+}
 
 
 def rejection_body(exc: RequestRejected) -> bytes:
@@ -43,6 +52,8 @@ class HandlerResult:
     status: int
     body: bytes
     rows: int | None = None
+    #: the version that answered (`X-Model-Version`), for a prediction
+    model_version: str | None = None
 
 
 BodyReader = Callable[[], Awaitable[bytes]]
@@ -103,6 +114,8 @@ class ShortPath:
             lambda: receive_body(scope, receive, self.max_body_bytes), params
         )
         headers = [*JSON_HEADERS, (b"content-length", str(len(result.body)).encode())]
+        if result.model_version is not None:
+            headers.append((MODEL_VERSION_HEADER, result.model_version.encode()))
         await send({"type": "http.response.start", "status": result.status, "headers": headers})
         await send({"type": "http.response.body", "body": result.body})
         return result.rows
@@ -117,6 +130,13 @@ class ShortPath:
             )
             if result.rows is not None:
                 request.state.rows = result.rows
-            return Response(result.body, result.status, media_type="application/json")
+            headers = (
+                {MODEL_VERSION_HEADER.decode(): result.model_version}
+                if result.model_version is not None
+                else None
+            )
+            return Response(
+                result.body, result.status, headers=headers, media_type="application/json"
+            )
 
         return endpoint

@@ -1,5 +1,6 @@
-"""The prediction service's state: verified artifacts, predictor, provenance, metrics, live
-monitoring, readiness.
+"""The prediction service's state: the served model versions (champion, optional challenger,
+route; `tabml.serving.versions`), provenance, metrics, live monitoring, shadow scoring, reload,
+readiness.
 
 Built once per process by `create_app`; the routes only translate HTTP to calls on it.
 """
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from dataclasses import dataclass, field
+import time
+from collections.abc import Sequence
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,48 +20,27 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from tabml.environment import environment
-from tabml.layout import MODEL_FILE, PROFILE_FILE, SERVING_FILES
-from tabml.serving import provenance
-from tabml.serving.batching import MicroBatcher
-from tabml.serving.examples import example_records
+from tabml.layout import CONTRACT_FILE, MODEL_FILE
+from tabml.serving import logs, provenance
 from tabml.serving.live_monitor import LiveMonitor, ServedModel
 from tabml.serving.metrics import MonitorCollector, ServiceMetrics, multiprocess_dir
-from tabml.serving.predictor import ArtifactError, Predictor, RequestRejected, TrainedModel
+from tabml.serving.predictor import Predictor, RequestRejected, TrainedModel
+from tabml.serving.reload import Reloader
 from tabml.serving.settings import ServingSettings
+from tabml.serving.shadow import ShadowJob, ShadowScorer
+from tabml.serving.traffic_split import routing_key
+from tabml.serving.versions import (
+    ModelSources,
+    ModelVersion,
+    ServedModels,
+    WarmUpError,
+    load_served_models,
+)
 
 log = logging.getLogger("tabml.serving")
 
 #: Above this body size the work moves off the event loop (so /health answers during a batch).
 INLINE_BODY_BYTES = 16 * 1024
-
-
-def load_verified_model(
-    settings: ServingSettings,
-) -> tuple[TrainedModel, list[provenance.FileCheck], provenance.LockInfo | None]:
-    """Check every artifact exists and matches dvc.lock, then load them.
-
-    Raises `ArtifactError` (missing/corrupt file, naming it) or
-    `provenance.ArtifactIntegrityError` (md5 differs from dvc.lock and that is not allowed).
-    """
-    files = [Path(settings.model_dir) / name for name in SERVING_FILES]
-    for file in files:
-        if not file.is_file():
-            raise ArtifactError(
-                f"artifact {file} does not exist (train the model first: "
-                "`python src/train.py`, or set TABML_MODEL_DIR)"
-            )
-    checks, lock = provenance.verify_artifacts(
-        files, settings.dvc_lock, allow_mismatch=settings.allow_md5_mismatch
-    )
-    for check in checks:
-        if not check.matches:
-            log.warning(
-                "serving unverified artifact %s: md5 %s, dvc.lock %s",
-                check.path,
-                check.md5,
-                check.expected_md5,
-            )
-    return TrainedModel.load(settings.model_dir), checks, lock
 
 
 # Packages whose versions decide what the service computes, reported by /metadata.
@@ -72,130 +53,242 @@ class Readiness:
     reason: str = "warm-up prediction not run yet"
 
 
+def _served_model(version: ModelVersion) -> ServedModel:
+    label = version.model.contract.label
+    return ServedModel(
+        version.name,
+        version.id,
+        version.model.profile,
+        version.profile_md5,
+        version.threshold,
+        negative=label.negative,
+        positive=label.positive,
+    )
+
+
 @dataclass
 class PredictionService:
+    """The versions served (`models`: one snapshot, replaced whole by a reload) and what
+    watches them. `model`, `predictor`, `name`, `version` and `examples` are the champion's."""
+
     settings: ServingSettings
-    model: TrainedModel
-    predictor: Predictor
     metrics: ServiceMetrics
-    name: str
-    version: str
-    checks: list[provenance.FileCheck]
-    lock: provenance.LockInfo | None
+    monitor: LiveMonitor
     git_commit: str | None
     test_metrics: dict[str, Any] | None
-    examples: list[dict[str, Any]]
-    monitor: LiveMonitor
+    initial: InitVar[ServedModels]
     readiness: Readiness = field(default_factory=Readiness)
-    batcher: MicroBatcher = field(init=False)
+    reloader: Reloader = field(init=False)
+    shadow: ShadowScorer = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.batcher = MicroBatcher(self.score)
+    def __post_init__(self, initial: ServedModels) -> None:
+        sources = ModelSources.from_settings(self.settings)
+        self.reloader = Reloader(
+            initial,
+            lambda generation: load_served_models(sources, generation=generation),
+            on_swap=lambda _, new: self._swapped(new),
+            on_outcome=lambda outcome: self.metrics.reloads.labels(
+                "ok" if outcome.ok else "refused"
+            ).inc(),
+        )
+        self.shadow = ShadowScorer(
+            self._shadow_scored,
+            capacity=self.settings.prediction_log_queue,
+            on_dropped=lambda rows: self._count_shadow(None, "dropped", rows),
+            on_failed=lambda version, rows: self._count_shadow(version, "failed", rows),
+        )
+        self._serving(initial)
 
     @classmethod
     def load(cls, settings: ServingSettings) -> PredictionService:
-        """Load verified artifacts (`load_verified_model`); set up validation and metrics."""
-        model, checks, lock = load_verified_model(settings)
-        examples = example_records(model.contract)
-        predictor = Predictor(
-            model, threshold=settings.threshold, max_batch=settings.max_batch, example=examples[0]
-        )
-        md5 = {Path(c.path).name: c.md5 for c in checks}
-        name = settings.model_name or model.contract.name
-        version = settings.model_version or md5[MODEL_FILE][:12]
-        metrics = ServiceMetrics(model.contract.feature_names)
-        metrics.set_model(name, version, md5[MODEL_FILE], model.metadata.lightgbm_version)
-        commit = settings.git_commit or provenance.git_commit(Path(settings.dvc_lock).parent)
-        label = model.contract.label
-        served = ServedModel(
-            name,
-            version,
-            model.profile,
-            md5[PROFILE_FILE],
-            predictor.threshold,
-            negative=label.negative,
-            positive=label.positive,
-        )
+        """Load and verify the served versions (`tabml.serving.versions`); set up validation,
+        metrics and monitoring. Warm-up runs later (`warm_up`)."""
+        served = load_served_models(ModelSources.from_settings(settings), warm_up=False)
+        champion = served.champion
+        metrics = ServiceMetrics(champion.model.contract.feature_names)
         shared = multiprocess_dir()
         monitor = LiveMonitor(settings, metrics, Path(shared) if shared else None)
-        monitor.serve([served])
         metrics.add_collector(MonitorCollector(monitor.snapshot))
-        return cls(
-            settings,
-            model,
-            predictor,
-            metrics,
-            name,
-            version,
-            checks,
-            lock,
-            commit,
-            _read_test_metrics(settings.metrics_file),
-            examples,
-            monitor,
+        commit = (
+            settings.git_commit
+            or (champion.provenance.git_commit if champion.provenance else None)
+            or provenance.git_commit(Path(settings.dvc_lock).parent)
         )
+        return cls(
+            settings, metrics, monitor, commit, _read_test_metrics(settings.metrics_file), served
+        )
+
+    def _serving(self, served: ServedModels) -> None:
+        """Tell metrics and monitoring which versions serve now (at start and after a swap)."""
+        self.metrics.set_models(
+            (
+                version.name,
+                version.id,
+                version.model_md5,
+                version.model.metadata.lightgbm_version,
+                role,
+            )
+            for role, version in zip(("champion", "challenger"), served.versions, strict=False)
+        )
+        self.monitor.serve([_served_model(version) for version in served.versions])
+
+    def _swapped(self, served: ServedModels) -> None:
+        """After a reload: the new versions are warmed up, so the service is ready (also when
+        the versions it started with failed their warm-up)."""
+        self._serving(served)
+        if not self.readiness.ready:
+            self.readiness = Readiness(True, "ready")
+            self.metrics.ready.set(1)
+
+    # the champion, for the routes and documents that describe one model ---------------------
+
+    @property
+    def models(self) -> ServedModels:
+        """The snapshot serving now; a request reads it once and keeps it to its end."""
+        return self.reloader.current
+
+    @property
+    def champion(self) -> ModelVersion:
+        return self.reloader.current.champion
+
+    @property
+    def model(self) -> TrainedModel:
+        return self.champion.model
+
+    @property
+    def predictor(self) -> Predictor:
+        return self.champion.predictor
+
+    @property
+    def name(self) -> str:
+        return self.champion.name
+
+    @property
+    def version(self) -> str:
+        return self.champion.id
+
+    @property
+    def examples(self) -> list[dict[str, Any]]:
+        return self.champion.examples
 
     # readiness ----------------------------------------------------------------------------
 
     def warm_up(self) -> None:
-        """Score the example records end to end; only then is the service ready."""
+        """Score the example records end to end with every version; only then is the service
+        ready (a reload warms its versions up before they serve)."""
+        models = self.models
         try:
-            records = self.predictor.parse_json(json.dumps(self.examples).encode())
-            probabilities = self.predictor.predict(records)
-            if not all(0.0 <= p <= 1.0 and math.isfinite(p) for p in probabilities.tolist()):
-                raise ValueError(f"warm-up produced invalid probabilities {probabilities}")
-        except Exception as exc:
-            self.readiness = Readiness(False, f"warm-up prediction failed: {exc}")
+            models.warm_up()
+        except WarmUpError as exc:
+            self.readiness = Readiness(False, str(exc))
             log.exception("warm-up prediction failed")
             return
         self.readiness = Readiness(True, "ready")
         self.metrics.ready.set(1)
-        log.info("ready: model %s version %s", self.name, self.version)
+        log.info(
+            "ready: model %s, %s (route %s)",
+            self.name,
+            ", ".join(f"{role} {v}" for role, v in models.roles().items()),
+            models.effective_route,
+        )
 
     # prediction ---------------------------------------------------------------------------
 
-    def score(self, records: list[Any]) -> np.ndarray:
-        """Probabilities for validated records (any thread); recorded in the score metrics."""
-        probabilities = self.predictor.predict(records)
-        self.metrics.observe_scores(probabilities, self.predictor.threshold)
-        return probabilities
+    def answering(self) -> tuple[ServedModels, ModelVersion]:
+        """The snapshot and the version that answer the current request (its routing key)."""
+        models = self.reloader.current
+        return models, models.answering(routing_key.get())
 
-    def render(self, probabilities: np.ndarray) -> bytes:
-        labels = self.predictor.label_of(probabilities)
+    def answered(
+        self,
+        models: ServedModels,
+        version: ModelVersion,
+        records: Sequence[Any],
+        probabilities: np.ndarray,
+        started: float,
+    ) -> None:
+        """After scoring a request: score metrics, monitoring, and the shadow copy."""
+        self.metrics.observe_scores(probabilities, version.threshold, version.id)
+        recorded = self.monitor.observe(version.id, records, probabilities, started)
+        shadow = models.shadow
+        if shadow is not None and version is models.champion:
+            revalidate = (
+                shadow.predictor.validate_records
+                if shadow.files[CONTRACT_FILE] != version.files[CONTRACT_FILE]
+                else None
+            )
+            self.shadow.submit(
+                ShadowJob(
+                    shadow,
+                    records,
+                    logs.request_id.get() or "",
+                    time.time(),
+                    version.id,
+                    revalidate,
+                    recorded,
+                )
+            )
+
+    def _shadow_scored(self, job: ShadowJob, probabilities: np.ndarray, seconds: float) -> None:
+        self._count_shadow(job.version.id, "scored", len(probabilities))
+        self.monitor.observe_shadow(
+            job.version.id,
+            job.records,
+            probabilities,
+            job.request_id,
+            job.ts,
+            seconds * 1e3,
+            job.recorded,
+        )
+
+    def _count_shadow(self, version: str | None, result: str, rows: int) -> None:
+        if version is None:  # dropped before a version was looked at: the current challenger
+            challenger = self.reloader.current.challenger
+            version = challenger.id if challenger is not None else "(none)"
+        self.metrics.shadow_rows.labels(version, result).inc(rows)
+
+    def render(self, version: ModelVersion, probabilities: np.ndarray) -> bytes:
+        labels = version.predictor.label_of(probabilities)
         predictions = [
             {"probability": p, "label": label}
             for p, label in zip(probabilities.tolist(), labels, strict=True)
         ]
         response = {
-            "model_name": self.name,
-            "model_version": self.version,
-            "threshold": self.predictor.threshold,
+            "model_name": version.name,
+            "model_version": version.id,
+            "threshold": version.threshold,
             "predictions": predictions,
         }
         # pydantic-core's serializer: ~4x json.dumps; floats are shortest round-trip reprs
         return to_json(response)
 
-    def predict_json(self, body: bytes, started: float) -> tuple[bytes, int]:
-        """A /predict body → (response body, rows), synchronously. Raises RequestRejected.
+    def predict_json(
+        self,
+        body: bytes,
+        started: float,
+        answering: tuple[ServedModels, ModelVersion] | None = None,
+    ) -> tuple[bytes, int, str]:
+        """A /predict body → (response body, rows, version that answered), synchronously.
+        Raises RequestRejected. `started` (perf_counter) is when the request arrived, for the
+        prediction log; `answering` the snapshot and version chosen for it (default: now)."""
+        models, version = answering or self.answering()
+        records = version.predictor.parse_json(body)
+        self.metrics.observe_batch(len(records), version.id)
+        probabilities = version.score(records)
+        self.answered(models, version, records, probabilities, started)
+        return self.render(version, probabilities), len(records), version.id
 
-        `started` (perf_counter) is when the request arrived, for the prediction log.
-        """
-        records = self.predictor.parse_json(body)
-        self.metrics.observe_batch(len(records))
-        probabilities = self.score(records)
-        self.monitor.observe(self.version, records, probabilities, started)
-        return self.render(probabilities), len(records)
-
-    async def predict_json_async(self, body: bytes, started: float) -> tuple[bytes, int]:
+    async def predict_json_async(self, body: bytes, started: float) -> tuple[bytes, int, str]:
         """As `predict_json`, on the event loop: small requests are scored together with other
-        concurrent ones (`MicroBatcher`), large ones in a worker thread."""
+        concurrent ones for the same version (`MicroBatcher`), large ones in a worker thread."""
+        models, version = self.answering()
         if len(body) > INLINE_BODY_BYTES:
-            return await run_in_threadpool(self.predict_json, body, started)
-        records = self.predictor.parse_json(body)
-        self.metrics.observe_batch(len(records))
-        probabilities = await self.batcher.score(records)
-        self.monitor.observe(self.version, records, probabilities, started)
-        return self.render(probabilities), len(records)
+            return await run_in_threadpool(self.predict_json, body, started, (models, version))
+        records = version.predictor.parse_json(body)
+        self.metrics.observe_batch(len(records), version.id)
+        probabilities = await version.score_coalesced(records)
+        self.answered(models, version, records, probabilities, started)
+        return self.render(version, probabilities), len(records), version.id
 
     def count_rejected(self, exc: RequestRejected) -> None:
         if isinstance(exc.detail, list):
@@ -206,37 +299,48 @@ class PredictionService:
     # provenance ---------------------------------------------------------------------------
 
     def metadata(self) -> dict[str, Any]:
-        meta = self.model.metadata
-        md5 = {Path(c.path).name: c.md5 for c in self.checks}
-        monitor, settings = self.model.profile.monitor, self.settings
+        models = self.models
+        champion = models.champion
+        meta = champion.model.metadata
+        md5 = champion.files
+        monitor, settings = champion.model.profile.monitor, self.settings
+        data: dict[str, str] | None
+        if champion.lock is not None:
+            data = champion.lock.inputs
+        else:
+            found = champion.provenance
+            data = {"data": found.data_md5} if found and found.data_md5 else None
         return {
             "model": {
-                "name": self.name,
-                "version": self.version,
+                "name": champion.name,
+                "version": champion.id,
                 "md5": md5[MODEL_FILE],
                 "dataset": meta.dataset,
                 "lightgbm_version": meta.lightgbm_version,
                 "best_iteration": meta.best_iteration,
-                "threshold": self.predictor.threshold,
+                "threshold": champion.threshold,
                 "trained_threshold": meta.threshold,
                 "feature_names": meta.feature_names,
                 "categorical_features": meta.categorical_features,
                 "params": meta.params,
             },
             "artifacts": {
-                "dvc_lock": str(self.settings.dvc_lock),
-                "verified": all(c.matches for c in self.checks),
-                "files": [c.to_dict() for c in self.checks],
+                "dvc_lock": str(champion.lock.path) if champion.lock else None,
+                "bundle": None if champion.provenance is None else models.source,
+                "verified": champion.verified,
+                "files": [c.to_dict() for c in champion.checks],
             },
-            "data": {"md5": self.lock.inputs if self.lock else None},
+            "data": {"md5": data},
+            # the versions loaded, their roles and the route (champion, canary:<f>, shadow)
+            "serving": models.describe(),
             "git_commit": self.git_commit,
             # The serving process's own environment (the training one is on the MLflow run).
             "environment": environment(SERVING_PACKAGES),
             "test_metrics": self.test_metrics,
-            "input_schema": self.predictor.Record.model_json_schema(),
+            "input_schema": champion.predictor.Record.model_json_schema(),
             "policy": {
-                "max_batch": self.predictor.max_batch,
-                "nullable_fields": [c.name for c in self.model.contract.columns if c.nullable],
+                "max_batch": champion.predictor.max_batch,
+                "nullable_fields": [c.name for c in champion.model.contract.columns if c.nullable],
                 "null": "JSON null (or omitting the field) in a nullable field means missing, "
                 "like the raw data's missing marker; other fields are required",
                 "unknown_category": "rejected (422)",

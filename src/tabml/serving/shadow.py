@@ -64,6 +64,8 @@ class ShadowJob:
     answered_by: str
     #: validate the records again with this (the challenger's own schema), or None
     revalidate: Callable[[list[Any]], list[Any]] | None = None
+    #: whether the champion's answer was recorded (logged): its shadow events are too
+    recorded: bool = True
 
 
 @dataclass

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import math
 import random
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Literal
 
 #: The request header whose value pins a caller to a version.
 ROUTING_KEY_HEADER = "X-Routing-Key"
+#: The routing key of the request being served (set by the request middleware), None if absent.
+routing_key: ContextVar[bytes | None] = ContextVar("routing_key", default=None)
 Mode = Literal["champion", "canary", "shadow"]
 CHAMPION_ONLY: Mode = "champion"
 CANARY: Mode = "canary"

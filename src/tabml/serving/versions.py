@@ -55,7 +55,7 @@ from tabml.serving import provenance
 from tabml.serving.batching import MicroBatcher
 from tabml.serving.examples import example_records
 from tabml.serving.predictor import ArtifactError, Predictor, Record, TrainedModel
-from tabml.serving.traffic_split import Route
+from tabml.serving.traffic_split import Route, parse_route
 
 log = logging.getLogger("tabml.serving")
 
@@ -278,7 +278,7 @@ class ModelSources:
             allow_md5_mismatch=settings.allow_md5_mismatch,
             challenger=settings.challenger,
             challenger_dvc_lock=settings.challenger_dvc_lock,
-            route=settings.route,
+            route=parse_route(settings.route),
             model_name=settings.model_name,
             model_version=settings.model_version,
             threshold=settings.threshold,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 
 from tabml.lean_imports import hide_optional_libraries
 
@@ -37,6 +38,10 @@ def freeze_loaded_objects() -> None:
 def create_app_from_env():  # returns FastAPI, imported lazily on purpose
     """uvicorn factory (`tabml.serving.worker:create_app_from_env`): settings from TABML_*."""
     prepare_process()
+    # Until the app handles it (its lifespan), a reload signal must not end a starting worker:
+    # it is reading the files from disk anyway (`tabml.serving.supervisor`).
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from tabml.serving.app import create_app
 
     app = create_app()

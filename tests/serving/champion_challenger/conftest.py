@@ -5,6 +5,7 @@ each version's offline probabilities for them."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from tests.artifacts import snapshot_serving_artifacts
 from tests.model_versions import PREPARED, train_challenger
+from tests.serving.conftest import Server, Workspace, serve
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +65,11 @@ def holdout(champion_checkout: Path, challenger_checkout: Path) -> Holdout:
         offline_probabilities(champion_checkout, columns),
         offline_probabilities(challenger_checkout, columns),
     )
+
+
+def serve_checkout(
+    root: Path, *options: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> contextlib.AbstractContextManager[Server]:
+    """`tabml-serve *options` with its working directory `root` (a checkout: models/ and
+    dvc.lock) and extra environment `env`; yields once /ready is 200."""
+    return serve(Workspace(root), *options, env=env, timeout=timeout)
