@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,26 @@ class ServingSettings(BaseSettings):
     dvc_lock: Path = Field(Path("dvc.lock"), description="lock file holding the artifacts' md5")
     allow_md5_mismatch: bool = Field(
         False, description="serve artifacts whose md5 differs from dvc.lock (or with no dvc.lock)"
+    )
+    bundle: Path | None = Field(
+        None,
+        description="bundle to serve: its champion answers, its challenger (if any) is routed "
+        "to by `route`; default: the models directory as a one-version bundle",
+    )
+    challenger: Path | None = Field(
+        None,
+        description="challenger (a models directory copied from another checkout, or a bundle "
+        "whose champion is taken), overriding the bundle's",
+    )
+    challenger_dvc_lock: Path | None = Field(
+        None, description="dvc.lock vouching for a challenger models directory (default: ../)"
+    )
+    route: str = Field(
+        "champion",
+        description="champion | canary:<fraction> (sticky by X-Routing-Key) | shadow",
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of POST /admin/reload; unset, the endpoint is off (404)"
     )
     metrics_file: Path | None = Field(
         Path("reports/metrics.json"), description="test metrics shown by /metadata (optional)"
@@ -66,8 +86,20 @@ class ServingSettings(BaseSettings):
         500_000,
         ge=1,
         description="recent recorded predictions per worker that /feedback can label "
-        "(18 bytes each)",
+        "(19 bytes each)",
     )
+
+    @field_validator("route")
+    @classmethod
+    def _known_route(cls, value: str) -> str:
+        from tabml.serving.traffic_split import parse_route
+
+        return str(parse_route(value))
+
+    @field_validator("admin_token")
+    @classmethod
+    def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> ServingSettings:
