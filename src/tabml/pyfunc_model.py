@@ -19,17 +19,20 @@ import numpy as np
 import pandas as pd  # MLflow imports it anyway
 from mlflow.pyfunc import PythonModel
 
-from tabml.layout import CONTRACT_FILE, METADATA_FILE, MODEL_FILE, TRANSFORM_FILE
+from tabml.layout import CONTRACT_FILE, METADATA_FILE, MODEL_FILE, PROFILE_FILE, TRANSFORM_FILE
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
-#: The pyfunc's artifacts: the files of `models/`, stored once per run.
+#: The pyfunc's artifacts: the files of `models/`, stored once per run. The reference profile
+#: is not needed to score, but travels with the model so a bundle exported from the registry
+#: can be served with its drift monitoring.
 ARTIFACTS = {
     "contract": CONTRACT_FILE,
     "feature_transform": TRANSFORM_FILE,
     "model": MODEL_FILE,
     "model_metadata": METADATA_FILE,
+    "reference_profile": PROFILE_FILE,
 }
 #: What loading the model needs besides MLflow itself (pinned to this environment's versions).
 REQUIREMENTS = ("lightgbm", "numpy", "scipy", "pandas", "pydantic")

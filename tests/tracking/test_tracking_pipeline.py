@@ -19,7 +19,7 @@ from tests.processes import free_port
 from tests.tracking.conftest import registry_cli, train
 
 from tabml.data import file_md5, pinned_dir_md5
-from tabml.layout import ARTIFACT_FILES as MODEL_FILES
+from tabml.layout import SERVING_FILES as MODEL_FILES
 from tabml.tracking import flatten
 
 pytestmark = pytest.mark.slow
