@@ -36,6 +36,9 @@ from tabml.layout import DATA_DIR
 from tabml.loop.traffic import Labelled, TrafficSource, load_rows
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
+#: The service closes a log segment at least this often; the loop reads closed segments only,
+#: so each week waits this long (and a little) after its last request before the loop runs.
+SEGMENT_SECONDS = 1.0
 BAD_RETRAIN = ("model.num_leaves=2", "train.num_boost_round=2")
 
 
@@ -246,6 +249,7 @@ def simulate(checkout: Path, out: Path, plan: Plan, seed: int) -> int:
     rows = load_rows(repo / DATA_DIR / params.dataset.files["train"].name, contract)
     serve_env = env | {
         "TABML_PREDICTION_LOG_DIR": str(repo / "predictions"),
+        "TABML_PREDICTION_LOG_SEGMENT_SECONDS": str(SEGMENT_SECONDS),
         "TABML_ROUTE": "canary:0.3",
     }
     with open(out / "serve.log", "wb") as serve_log:
@@ -296,6 +300,7 @@ def _run_steps(client, source, plan, port, loop, contract) -> list[dict]:
     for step in range(plan.steps):
         share = plan.shift_share if step >= plan.shift_step else 0.0
         result, _ = send_step(client, source, plan, step, share, contract)
+        time.sleep(SEGMENT_SECONDS + 1.0)
         result.drift = scrape_drift(port)
         if promoted_once and not bad_injected:
             result.loop = loop(*BAD_RETRAIN, "loop.max_model_age_days=0.000001")

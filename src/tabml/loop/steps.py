@@ -61,9 +61,14 @@ def data_version_pending() -> bool:
     return DATA_DIR.is_dir() and dir_md5(DATA_DIR) != pinned_dir_md5(DATA_DVC)
 
 
+#: What shows that a retrain happened: a new data version or new pipeline outputs. (params.yaml
+#: differs from HEAD whenever the loop runs with overrides, so it is committed, not a sign.)
+RETRAIN_EVIDENCE = (DATA_DVC, LOCK_FILE)
+
+
 def uncommitted_outputs() -> list[str]:
-    """The files a retrain commits that differ from HEAD (a retrain not yet committed)."""
-    status = git("status", "--porcelain", "--", *(p.as_posix() for p in COMMITTED))
+    """data.dvc or dvc.lock differ from HEAD: a retrain that was not committed yet."""
+    status = git("status", "--porcelain", "--", *(p.as_posix() for p in RETRAIN_EVIDENCE))
     return [line[3:] for line in status.splitlines()]
 
 
