@@ -2,18 +2,24 @@
 feedback index and the prediction log, all fed off the request path.
 
 A prediction request only appends (version, records, probabilities, request id, timing) to a
-bounded queue: about two microseconds. Every `TICK` seconds the event loop drains it in slices
-of `CHUNK_RECORDS` records, between requests: for everything queued at once it slides each
-version's drift window (vectorised, ~1 µs a record, where one update per request would cost
+bounded queue: about two microseconds. For everything queued at once, the queue's reader slides
+each version's drift window (vectorised, ~1 µs a record, where one update per request would cost
 ~17 µs of numpy overhead), indexes the recorded predictions for /feedback and encodes their log
-events. An I/O thread writes the encoded events to disk and publishes the snapshot other
-workers read, so a slow or full disk never holds up the loop. A full queue drops (counted);
-no request ever waits.
+events. A full queue drops (counted); no request ever waits.
 
-Why the loop and not a thread for the numpy and encoding work (bench/serve_monitoring_benchmark):
-a Python thread doing it contends for the GIL with the loop, and at ~5,000 single-record
-requests/s every GIL hand-over costs a thread wake-up: 82 % of the unmonitored throughput and
-1.5x its p99 for ~4 % of CPU work. On the loop, in slices, the same work costs what it costs.
+Who reads the queue was measured (bench/serve_monitoring_benchmark.py), because it competes with
+requests for the GIL:
+
+* small requests (up to `LOOP_RECORDS` records), the bulk of single-record traffic: the event
+  loop, every `TICK` seconds, in slices of `CHUNK_RECORDS` records between requests. A Python
+  thread doing it instead handed the GIL back and forth with the loop on every socket call:
+  18 % of the throughput and 1.5x the p99 at ~5,000 requests/s, for ~4 % of CPU work;
+* large requests (already scored off the loop): the monitor thread, which holds the GIL for
+  milliseconds at a time, often while LightGBM (which releases it) scores the next batch. On
+  the loop, 1,000-record batches lost 20-30 % of their throughput to the slices.
+
+The monitor thread also writes the encoded events to disk every `IO_TICK` seconds and publishes
+the snapshot other workers read, so a slow or full disk never holds up the loop.
 
 What a request contributes: every scored record enters its version's drift window; a sampled
 share of requests (`prediction_log_sample`) is *recorded*: logged, and labellable on /feedback.
@@ -50,6 +56,9 @@ log = logging.getLogger("tabml.serving.monitor")
 TICK = 0.02
 #: Records per slice of a drain (~1 ms of work); requests are served between slices.
 CHUNK_RECORDS = 256
+#: Requests with more records go to the monitor thread: they are scored off the loop too, and a
+#: thread busy for milliseconds at a time costs the loop few GIL hand-overs.
+LOOP_RECORDS = 64
 #: Seconds between the I/O thread's writes (one write for everything encoded meanwhile; waking
 #: it for each slice would cost the loop a GIL hand-over each time).
 IO_TICK = 0.1
@@ -169,9 +178,12 @@ class LiveMonitor:
         self._slots: list[VersionInfo] = []
         self._slot_of: dict[str, int] = {}
         self._realized: dict[str, RealizedWindow] = {}
-        self._pending: list[Any] = []
+        self._pending: list[Any] = []  # for the loop
+        self._bulk: list[Any] = []  # for the monitor thread: large requests
         self._queued = 0
         self._lock = threading.Lock()
+        self._ring_lock = threading.Lock()
+        self._wake = threading.Event()
         self._feedback_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Handle | None = None
@@ -180,7 +192,7 @@ class LiveMonitor:
         self._encoded: list[tuple[bytes, int, int]] = []
         self._unwritten = 0
         self._io: threading.Thread | None = None
-        self._io_stopping = threading.Event()
+        self._stopping = threading.Event()
         self._dirty = True
         self._published = 0.0
         self._peer_rings: dict[int, PredictionRing] = {}
@@ -231,9 +243,8 @@ class LiveMonitor:
             return
         self._loop = asyncio.get_running_loop()
         self._publish()
-        if self.writer is not None or self.shared_dir is not None:
-            self._io = threading.Thread(target=self._io_run, name="tabml-monitor-io", daemon=True)
-            self._io.start()
+        self._io = threading.Thread(target=self._io_run, name="tabml-monitor", daemon=True)
+        self._io.start()
         self._timer = self._loop.call_later(TICK, self._drain)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -249,7 +260,8 @@ class LiveMonitor:
         self._process_safely(batch)
         self._loop = None
         if self._io is not None:
-            self._io_stopping.set()
+            self._stopping.set()
+            self._wake.set()
             self._io.join(timeout)
             if self._io.is_alive():
                 log.error("prediction log writer did not finish within %s s", timeout)
@@ -304,11 +316,14 @@ class LiveMonitor:
             self.metrics.log_dropped.labels("queue_full").inc(len(records))
 
     def _enqueue(self, item: Any, size: int) -> bool:
+        bulk = size > LOOP_RECORDS
         with self._lock:
             if self._queued + size > self.capacity:
                 return False
             self._queued += size
-            self._pending.append(item)
+            (self._bulk if bulk else self._pending).append(item)
+        if bulk:
+            self._wake.set()
         return True
 
     # the drain, on the event loop ------------------------------------------------------------
@@ -372,15 +387,15 @@ class LiveMonitor:
         if answered and self.ring is not None:
             sizes = [len(item.records) for item in answered]
             slots = [self._slot_of[item.version] for item in answered]
-            self.ring.append(
-                prediction_keys(
-                    [item.request_id for item in answered],
-                    sizes,
-                    [item.first for item in answered],
-                ),
-                np.concatenate([item.probabilities for item in answered]),
-                np.repeat(np.asarray(slots, dtype=np.uint16), sizes),
+            keys = prediction_keys(
+                [item.request_id for item in answered], sizes, [item.first for item in answered]
             )
+            with self._ring_lock:  # appended by the loop and the monitor thread
+                self.ring.append(
+                    keys,
+                    np.concatenate([item.probabilities for item in answered]),
+                    np.repeat(np.asarray(slots, dtype=np.uint16), sizes),
+                )
         if self.writer is not None:
             self._write(recorded, [item for item in batch if type(item) is _Labels])
 
@@ -422,7 +437,14 @@ class LiveMonitor:
 
     def _io_run(self) -> None:
         while True:
-            stopping = self._io_stopping.wait(IO_TICK)
+            self._wake.wait(IO_TICK)
+            self._wake.clear()
+            stopping = self._stopping.is_set()
+            with self._lock:
+                bulk, self._bulk = self._bulk, []
+                self._queued -= sum(map(_size, bulk))
+            for item in bulk:  # one large request at a time
+                self._process_safely([item])
             self._write_encoded()
             if self.writer is not None:
                 self.writer.rotate_if_due()
@@ -516,10 +538,14 @@ class LiveMonitor:
         prediction within milliseconds)."""
         if self._loop is None:
             return
-        done = threading.Event()
+        loop_done, thread_done = threading.Event(), threading.Event()
         with self._lock:
-            self._pending.append(done)
-        done.wait(SYNC_TIMEOUT)
+            self._pending.append(loop_done)
+            self._bulk.append(thread_done)
+        self._wake.set()
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        for done in (loop_done, thread_done):
+            done.wait(max(0.0, deadline - time.monotonic()))
 
     def _rings(self) -> list[tuple[PredictionRing, list[VersionInfo]]]:
         assert self.ring is not None
