@@ -112,7 +112,9 @@ class DriftWindow:
         self._held = 0
         self._lock = threading.Lock()
 
-    def add(self, records: Sequence[Mapping[str, Any]], scores: Sequence[float]) -> None:
+    def add(
+        self, records: Sequence[Mapping[str, Any]], scores: Sequence[float] | np.ndarray
+    ) -> None:
         """Bin the records and their scores (outside the lock), then slide the window."""
         if len(records) != len(scores):
             raise ValueError(f"{len(records)} records but {len(scores)} scores")

@@ -66,7 +66,7 @@ def feedback_item_model(contract: DataContract, max_batch: int) -> type[BaseMode
             ),
         ),
         "label": (
-            Literal[label.negative, label.positive],  # type: ignore[valid-type]
+            Literal[label.negative, label.positive],
             Field(description="the true class of the record"),
         ),
         "index": (
@@ -82,10 +82,9 @@ class FeedbackParser:
     def __init__(self, contract: DataContract, max_batch: int) -> None:
         self.item = feedback_item_model(contract, max_batch)
         self.max_batch = max_batch
-        self._one = TypeAdapter(self.item)
-        self._many = TypeAdapter(
-            Annotated[list[self.item], Field(min_length=1, max_length=max_batch)]  # type: ignore[name-defined]
-        )
+        many: Any = Annotated[list[self.item], Field(min_length=1, max_length=max_batch)]  # type: ignore[name-defined]
+        self._one: TypeAdapter[Any] = TypeAdapter(self.item)
+        self._many: TypeAdapter[list[Any]] = TypeAdapter(many)
         label = contract.label
         self._labels = (label.negative, label.positive)
 
@@ -96,7 +95,7 @@ class FeedbackParser:
             items = [self._one.validate_json(body)] if single else self._many.validate_json(body)
         except ValidationError as exc:
             raise self._rejected(exc, single) from None
-        return [FeedbackLabel(i.request_id, i.index, i.label) for i in items]  # type: ignore[attr-defined]
+        return [FeedbackLabel(i.request_id, i.index, i.label) for i in items]
 
     def _rejected(self, exc: ValidationError, single: bool) -> RequestRejected:
         errors = exc.errors(include_url=False, include_input=False)

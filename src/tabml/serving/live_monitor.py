@@ -100,7 +100,8 @@ class ServedModel:
         )
 
 
-class FeedbackLabel(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class FeedbackLabel:
     request_id: str
     index: int
     label: str
@@ -609,15 +610,15 @@ class LiveMonitor:
             scores = np.concatenate([s for s, _ in held]) if held else np.zeros(0)
             ys = np.concatenate([y for _, y in held]) if held else np.zeros(0, np.int8)
             enough = scores.size >= info.min_realized_labels
-            window = windows.get(version)
+            drift = windows.get(version)
             records, features, score = None, {}, float("nan")
-            if window is not None:
-                counts, records = window.counts(), window.records
+            if drift is not None:
+                counts, records = drift.counts(), drift.records
                 for peer in peers:
                     theirs = peer.drift.get(version)
                     if theirs and theirs.profile_md5 == known[version].profile_md5:
                         counts, records = counts + theirs.counts, records + theirs.records
-                features, score = window.feature_psi(counts), window.prediction_psi(counts)
+                features, score = drift.feature_psi(counts), drift.prediction_psi(counts)
             result.append(
                 VersionMonitoring(
                     model_version=version,
