@@ -154,6 +154,7 @@ class LoopConfig(_Section):
     log_dir: str
     min_new_labels: int = Field(ge=1)
     max_model_age_days: float = Field(gt=0)
+    min_retrain_interval_hours: float = Field(ge=0)
     branch: str
     push: bool
     route: str = Field(pattern=r"^(canary:(0(\.\d+)?|1(\.0+)?)|shadow)$")

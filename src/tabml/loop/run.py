@@ -152,6 +152,13 @@ def _iterate(params: Params, overrides: list[str], dry_run: bool, say: Say) -> i
         if not fired:
             say("nothing to do")
             return 0
+        since = steps.hours_since_last_retrain()
+        if since < params.loop.min_retrain_interval_hours:
+            say(
+                f"cooldown: the last retrain was {since:.2f} h ago (at most one per "
+                f"{params.loop.min_retrain_interval_hours} h); not retraining"
+            )
+            return 0
         if dry_run:
             say(
                 f"dry run: would write a data version of {len(joined.rows)} labelled row(s), "

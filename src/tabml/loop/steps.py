@@ -6,6 +6,7 @@ continued by the next one, which finds the step's effect and goes on from there.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -102,6 +103,13 @@ def push(say: Say) -> None:
     from tabml.pipeline import push as dvc_push
 
     say(f"push: {dvc_push()}")
+
+
+def hours_since_last_retrain(now: float | None = None) -> float:
+    """Hours since the loop's last retrain commit (infinite when there is none)."""
+    pattern = "^" + re.sub(r"([()])", r"\\\1", COMMIT_SUBJECT)  # an extended regex
+    stamp = git("log", "-1", "-E", f"--grep={pattern}", "--format=%ct", check=False)
+    return ((now or time.time()) - int(stamp)) / 3600 if stamp else float("inf")
 
 
 def model_age_days(now: float | None = None) -> float:

@@ -77,9 +77,16 @@ class TrafficSource:
         self.rng = np.random.default_rng(seed)
 
     def step(self, size: int, shift_share: float) -> list[Labelled]:
+        """`size` records; each has its survey weight `fnlwgt` redrawn within ±10 %, so the
+        traffic is new people like the sampled ones rather than copies of training rows (exact
+        copies would reach both sides of the retrain's train/validation split and make early
+        stopping optimistic)."""
         picks = self.rng.integers(0, len(self.rows), size=size)
         moved = self.rng.uniform(size=size) < shift_share
-        return [
-            shifted(self.rows[i], self.contract) if move else self.rows[i]
-            for i, move in zip(picks.tolist(), moved.tolist(), strict=True)
-        ]
+        weights = self.rng.uniform(0.9, 1.1, size=size)
+        rows = []
+        for i, move, weight in zip(picks.tolist(), moved.tolist(), weights.tolist(), strict=True):
+            row = shifted(self.rows[i], self.contract) if move else self.rows[i]
+            record = row.record | {"fnlwgt": max(1, round(row.record["fnlwgt"] * weight))}
+            rows.append(Labelled(record, row.label, row.shifted))
+        return rows
