@@ -418,8 +418,9 @@ def summarize(timeline: list[dict], plan: Plan, failed: int, sent: int, seconds:
         "realized_accuracy_before_shift": _mean(
             [_overall(e) for e in timeline if e["shift_share"] == 0]
         ),
+        # During the shift: the weeks the old champion alone answered (before any canary).
         "realized_accuracy_during_shift": _mean(
-            [_overall(e) for e in shifted if promoted_at is None or e["step"] <= promoted_at]
+            [_overall(e) for e in shifted if set(e["served"]) == {initial}]
         ),
         "realized_accuracy_after_promotion": _mean(
             [_overall(e) for e in shifted if promoted_at is not None and e["step"] > promoted_at]
