@@ -26,6 +26,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -214,16 +216,42 @@ def scrape_drift(port: int) -> dict[str, float]:
     return drift
 
 
-def simulate(checkout: Path, out: Path, plan: Plan, seed: int) -> int:
+@dataclass
+class Scenario:
+    """A scratch clone with its champion served by a real `tabml-serve` on loopback."""
+
+    repo: Path
+    out: Path
+    env: dict[str, str]
+    port: int
+    overrides: list[str]
+    client: Client
+    source: TrafficSource
+    contract: Any
+    service: subprocess.Popen
+
+    def loop_command(self, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "tabml.loop.cli", "run", *self.overrides, *extra]
+
+    def loop(self, *extra: str) -> list[str]:
+        """One `tabml-loop run` in the scratch repository, as cron would start it."""
+        result = run(self.loop_command(*extra), self.repo, self.env, self.out / "loop.log")
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        if result.returncode != 0:
+            lines.append(f"exit {result.returncode}: {result.stderr.strip()[-500:]}")
+        return lines
+
+
+@contextmanager
+def scenario(checkout: Path, out: Path, plan: Plan, seed: int) -> Iterator[Scenario]:
+    """Clone, train and export the champion, and serve it until the block ends."""
     from tabml.config import load_params
 
-    started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "loop.log"
     log.write_text("")
-    token = secrets.token_hex(16)
     base_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env = base_env | {"TABML_ADMIN_TOKEN": token, "DVC_NO_ANALYTICS": "1"}
+    env = base_env | {"TABML_ADMIN_TOKEN": secrets.token_hex(16), "DVC_NO_ANALYTICS": "1"}
     repo = scratch_repo(checkout, out, env, log)
     env["PYTHONPATH"] = str(repo / "src")
     python = sys.executable
@@ -234,14 +262,6 @@ def simulate(checkout: Path, out: Path, plan: Plan, seed: int) -> int:
         "loop.bundle_dir=bundle",
         "loop.log_dir=predictions",
     ]
-
-    def loop(*extra: str) -> list[str]:
-        result = run([python, "-m", "tabml.loop.cli", "run", *overrides, *extra], repo, env, log)
-        lines = [line for line in result.stdout.splitlines() if line.strip()]
-        if result.returncode != 0:
-            lines.append(f"exit {result.returncode}: {result.stderr.strip()[-500:]}")
-        return lines
-
     first = run([python, "src/train.py", "--no-push"], repo, env, log)
     if first.returncode != 0:
         raise SystemExit(f"the scratch repository did not train:\n{first.stderr}")
@@ -272,13 +292,31 @@ def simulate(checkout: Path, out: Path, plan: Plan, seed: int) -> int:
         )
         try:
             _wait_ready(port, service)
-            client = Client(port)
-            source = TrafficSource(rows, contract, seed)
-            timeline = _run_steps(client, source, plan, port, loop, contract)
+            yield Scenario(
+                repo,
+                out,
+                env,
+                port,
+                overrides,
+                Client(port),
+                TrafficSource(rows, contract, seed),
+                contract,
+                service,
+            )
         finally:
-            os.killpg(service.pid, signal.SIGTERM)
-            service.wait(timeout=30)
-    summary = summarize(timeline, plan, client.failed, client.sent, time.monotonic() - started)
+            if service.poll() is None:
+                os.killpg(service.pid, signal.SIGTERM)
+                service.wait(timeout=30)
+
+
+def simulate(checkout: Path, out: Path, plan: Plan, seed: int) -> int:
+    started = time.monotonic()
+    with scenario(checkout, out, plan, seed) as world:
+        timeline = _run_steps(
+            world.client, world.source, plan, world.port, world.loop, world.contract
+        )
+        failed, sent = world.client.failed, world.client.sent
+    summary = summarize(timeline, plan, failed, sent, time.monotonic() - started)
     write_text_atomic(out / "timeline.json", json.dumps(timeline, indent=1) + "\n")
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     plot(timeline, plan, out / "timeline.png")
