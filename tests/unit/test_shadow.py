@@ -178,3 +178,28 @@ def test_stop_scores_what_is_queued() -> None:
         scorer.submit(job(challenger, f"r{i}", 1))
     scorer.stop()
     assert len(recorder.scored) == 50 and not scorer.running
+
+
+def test_on_the_event_loop_in_slices_between_requests() -> None:
+    import asyncio
+
+    recorder, challenger = Recorder(), Version("v2")
+
+    async def main() -> list[int]:
+        scorer = recorder.scorer(capacity=10_000, max_rows_per_call=64)
+        scorer.start(asyncio.get_running_loop())
+        for i in range(300):
+            scorer.submit(job(challenger, f"r{i}", 1, 2, 3, 4, 5))
+        ticks = []  # the loop keeps turning while the backlog is worked off
+        while scorer.stats.scored < 1_000:
+            ticks.append(scorer.stats.scored)
+            await asyncio.sleep(0)
+        for i in range(300, 320):  # queued right before the stop: scored by it
+            scorer.submit(job(challenger, f"r{i}", 1))
+        scorer.stop()
+        assert not scorer.running
+        return ticks
+
+    ticks = asyncio.run(main())
+    assert len(recorder.scored) == 320 and sum(challenger.calls) == 1_520
+    assert max(challenger.calls[:-1]) <= 64 and len(set(ticks)) > 5

@@ -172,7 +172,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         service.monitor.start()
-        service.shadow.start()
+        service.shadow.start(loop)
         reload.install_sighup(service.reloader, loop)
         warm_up = asyncio.ensure_future(run_in_threadpool(service.warm_up))
         yield
@@ -180,7 +180,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         await warm_up
         # After the last request (uvicorn's graceful shutdown): score the queued shadow copies,
         # then write the queued log events.
-        await run_in_threadpool(service.shadow.stop)
+        service.shadow.stop()
         service.monitor.stop()
         service.metrics.process_exiting()
 

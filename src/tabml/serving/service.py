@@ -80,6 +80,7 @@ class PredictionService:
     readiness: Readiness = field(default_factory=Readiness)
     reloader: Reloader = field(init=False)
     shadow: ShadowScorer = field(init=False)
+    _shadow_counters: dict[tuple[str, str], Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self, initial: ServedModels) -> None:
         sources = ModelSources.from_settings(self.settings)
@@ -245,7 +246,11 @@ class PredictionService:
         if version is None:  # dropped before a version was looked at: the current challenger
             challenger = self.reloader.current.challenger
             version = challenger.id if challenger is not None else "(none)"
-        self.metrics.shadow_rows.labels(version, result).inc(rows)
+        counter = self._shadow_counters.get((version, result))
+        if counter is None:  # labels are bounded: versions served, three results
+            counter = self.metrics.shadow_rows.labels(version, result)
+            self._shadow_counters = {**self._shadow_counters, (version, result): counter}
+        counter.inc(rows)
 
     def render(self, version: ModelVersion, probabilities: np.ndarray) -> bytes:
         labels = version.predictor.label_of(probabilities)

@@ -3,11 +3,17 @@ path, for the prediction log only.
 
 A request answered by the champion hands its validated records to `ShadowScorer.submit`: an
 append to a bounded list under a lock (about a microsecond); the response does not wait for the
-challenger. One daemon thread per process takes everything queued, scores it with one call per
-version (up to `MAX_ROWS_PER_CALL` rows, so many single-record requests cost one LightGBM call,
-not one each; LightGBM releases the GIL while it predicts) and hands each request's
-probabilities to `on_scored` (the service logs them as prediction events marked
+challenger. Every `TICK` seconds the queue is drained on the event loop, between requests, in
+slices of `MAX_ROWS_PER_CALL` rows: one challenger call per slice and version (so many
+single-record requests cost one LightGBM call, not one each), and each request's
+probabilities go to `on_scored` (the service logs them as prediction events marked
 `"shadow": true`, with the request id of the champion's answer).
+
+Why the loop and not a worker thread (bench/serve_routing_benchmark.py, and the same finding as
+`tabml.serving.live_monitor`'s): a thread doing this contends with the loop for the GIL, and
+the hand-overs cost the loop several times the challenger's own scoring; on the loop, in slices,
+the work costs what it costs. Without a loop (`start()` with none: scripts, unit tests) a daemon
+thread drains the queue the same way.
 
 Nothing the challenger does reaches a client:
 
@@ -24,12 +30,13 @@ with a version that was not serving when it was answered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -39,8 +46,10 @@ log = logging.getLogger("tabml.serving.shadow")
 MAX_ROWS_PER_CALL = 1024
 #: Seconds between summary lines while a challenger keeps failing.
 FAILURE_LOG_SECONDS = 60.0
-#: Longest the thread sleeps when nothing is queued (it is woken on submit).
-IDLE_WAIT = 1.0
+#: Seconds between the thread's drains. It is not woken per request: at thousands of requests a
+#: second, a wake-up (and GIL hand-over) per request costs the event loop more than the
+#: challenger's scoring itself; every TICK it takes everything queued at once.
+TICK = 0.02
 
 
 class ShadowVersion(Protocol):
@@ -51,8 +60,7 @@ class ShadowVersion(Protocol):
     def score(self, records: Sequence[Any]) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
-class ShadowJob:
+class ShadowJob(NamedTuple):  # a tuple: the cheapest object to make on the request path
     """A copy of one answered request, for the challenger."""
 
     version: ShadowVersion
@@ -99,6 +107,7 @@ class ShadowScorer:
         on_dropped: Callable[[int], None] | None = None,
         on_failed: Callable[[str, int], None] | None = None,
         max_rows_per_call: int = MAX_ROWS_PER_CALL,
+        tick: float = TICK,
     ) -> None:
         """`on_scored(job, probabilities, seconds)` runs on the thread for each scored job
         (`seconds`: the challenger's scoring time of the call it was in); `on_dropped(rows)` and
@@ -107,6 +116,7 @@ class ShadowScorer:
             raise ValueError("capacity must be at least one row")
         self.capacity = capacity
         self.max_rows_per_call = max_rows_per_call
+        self.tick = tick
         self.stats = ShadowStats()
         self._on_scored = on_scored
         self._on_dropped = on_dropped
@@ -119,19 +129,36 @@ class ShadowScorer:
         self._busy = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.Handle | None = None
         self._failures = _FailureLog()
 
     # lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._thread is not None:
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Drain every `tick` seconds on `loop`, in slices of at most `max_rows_per_call` rows
+        with requests served between them (the service), or on a thread of its own."""
+        if self.running:
             return
         self._stopping = False
+        if loop is not None:
+            self._loop = loop
+            self._timer = loop.call_later(self.tick, self._drain_slice)
+            return
         self._thread = threading.Thread(target=self._run, name="tabml-shadow", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Score what is queued (within `timeout`), then end the thread."""
+        """Score what is queued (within `timeout`), then stop draining. With a loop, call it on
+        the loop, after the last request."""
+        if self._loop is not None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._loop = self._timer = None
+            deadline = time.monotonic() + timeout
+            while (jobs := self._take(None)) and time.monotonic() < deadline:
+                self._process(jobs)
+            return
         thread = self._thread
         if thread is None:
             return
@@ -144,7 +171,7 @@ class ShadowScorer:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        return self._thread is not None or self._loop is not None
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until everything submitted so far is scored (tests and benchmarks)."""
@@ -177,29 +204,57 @@ class ShadowScorer:
                 except Exception:  # a counter must not fail a request
                     log.exception("counting a dropped shadow request failed")
             return False
-        if not self._wake.is_set():
-            self._wake.set()
         return True
 
-    # the thread -------------------------------------------------------------------------------
+    # draining ---------------------------------------------------------------------------------
+
+    def _take(self, rows: int | None) -> list[ShadowJob]:
+        """The oldest queued jobs, up to `rows` rows (at least one job), or all of them."""
+        with self._lock:
+            pending = self._pending
+            if rows is None:
+                taken = len(pending)
+            else:
+                taken, size = 0, 0
+                while taken < len(pending) and (
+                    taken == 0 or size + len(pending[taken].records) <= rows
+                ):
+                    size += len(pending[taken].records)
+                    taken += 1
+            jobs, self._pending = pending[:taken], pending[taken:]
+            self._queued_rows -= sum(len(job.records) for job in jobs)
+            self._busy = bool(jobs)
+        return jobs
+
+    def _process(self, jobs: list[ShadowJob]) -> None:
+        try:
+            if jobs:
+                self._score_all(jobs)
+        except Exception:  # a bug here must not end shadow scoring for good
+            log.exception("shadow scoring failed on a batch")
+        finally:
+            with self._idle:
+                self._busy = False
+                self._idle.notify_all()
+
+    def _drain_slice(self) -> None:
+        """On the loop: one slice; the next right after the requests ready now, or next tick."""
+        self._process(self._take(self.max_rows_per_call))
+        loop = self._loop
+        if loop is None:
+            return
+        if self._pending:
+            self._timer = loop.call_soon(self._drain_slice)
+        else:
+            self._timer = loop.call_later(self.tick, self._drain_slice)
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(IDLE_WAIT)
+            self._wake.wait(self.tick)
             self._wake.clear()
-            with self._lock:
-                jobs, self._pending, self._queued_rows = self._pending, [], 0
-                self._busy = bool(jobs)
-                stopping = self._stopping
-            try:
-                if jobs:
-                    self._score_all(jobs)
-            except Exception:  # a bug here must not end shadow scoring for good
-                log.exception("shadow scoring failed on a batch")
-            finally:
-                with self._idle:
-                    self._busy = False
-                    self._idle.notify_all()
+            stopping = self._stopping
+            jobs = self._take(None)
+            self._process(jobs)
             if stopping:
                 if not jobs:
                     return
