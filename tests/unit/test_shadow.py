@@ -203,3 +203,31 @@ def test_on_the_event_loop_in_slices_between_requests() -> None:
     ticks = asyncio.run(main())
     assert len(recorder.scored) == 320 and sum(challenger.calls) == 1_520
     assert max(challenger.calls[:-1]) <= 64 and len(set(ticks)) > 5
+
+
+def test_copies_of_large_requests_are_scored_off_the_loop() -> None:
+    import asyncio
+
+    recorder = Recorder()
+    threads: list[str] = []
+
+    @dataclass(eq=False)
+    class Where(Version):
+        def score(self, records: Sequence[Any]) -> np.ndarray:
+            threads.append(threading.current_thread().name)
+            return super().score(records)
+
+    challenger = Where("v2")
+
+    async def main() -> None:
+        scorer = recorder.scorer(capacity=10_000)
+        scorer.start(asyncio.get_running_loop())
+        scorer.submit(job(challenger, "small", 1))
+        scorer.submit(job(challenger, "large", *range(100)))
+        while scorer.stats.scored < 101:
+            await asyncio.sleep(0.005)
+        scorer.stop()
+
+    asyncio.run(main())
+    assert sorted(threads) == ["MainThread", "tabml-shadow"]
+    assert {r for r, _, _ in recorder.scored} == {"small", "large"}

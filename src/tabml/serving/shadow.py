@@ -12,8 +12,10 @@ probabilities go to `on_scored` (the service logs them as prediction events mark
 Why the loop and not a worker thread (bench/serve_routing_benchmark.py, and the same finding as
 `tabml.serving.live_monitor`'s): a thread doing this contends with the loop for the GIL, and
 the hand-overs cost the loop several times the challenger's own scoring; on the loop, in slices,
-the work costs what it costs. Without a loop (`start()` with none: scripts, unit tests) a daemon
-thread drains the queue the same way.
+the work costs what it costs. Copies of large requests (over `LOOP_JOB_ROWS` rows: rare, and
+one long call that would hold up every request on the loop) go to a daemon thread instead, as
+the live monitor does with large requests. Without a loop (`start()` with none: scripts, unit
+tests) that thread drains everything.
 
 Nothing the challenger does reaches a client:
 
@@ -42,8 +44,11 @@ import numpy as np
 
 log = logging.getLogger("tabml.serving.shadow")
 
-#: Most rows scored in one challenger call.
-MAX_ROWS_PER_CALL = 1024
+#: Most rows scored in one challenger call (one slice on the loop: about 1 ms).
+MAX_ROWS_PER_CALL = 256
+#: Copies of requests with more rows are scored on the thread, not on the loop (a long call
+#: there would hold up every request; LightGBM releases the GIL while it predicts).
+LOOP_JOB_ROWS = 64
 #: Seconds between summary lines while a challenger keeps failing.
 FAILURE_LOG_SECONDS = 60.0
 #: Seconds between the thread's drains. It is not woken per request: at thousands of requests a
@@ -122,11 +127,13 @@ class ShadowScorer:
         self._on_dropped = on_dropped
         self._on_failed = on_failed
         self._pending: list[ShadowJob] = []
+        #: with a loop: jobs of more than LOOP_JOB_ROWS rows, for the thread
+        self._large: list[ShadowJob] = []
         self._queued_rows = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
-        self._busy = False
+        self._busy = 0  # drains in progress (the loop's slice, the thread's)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -144,27 +151,25 @@ class ShadowScorer:
         if loop is not None:
             self._loop = loop
             self._timer = loop.call_later(self.tick, self._drain_slice)
-            return
         self._thread = threading.Thread(target=self._run, name="tabml-shadow", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Score what is queued (within `timeout`), then stop draining. With a loop, call it on
         the loop, after the last request."""
+        deadline = time.monotonic() + timeout
         if self._loop is not None:
             if self._timer is not None:
                 self._timer.cancel()
             self._loop = self._timer = None
-            deadline = time.monotonic() + timeout
             while (jobs := self._take(None)) and time.monotonic() < deadline:
                 self._process(jobs)
-            return
         thread = self._thread
         if thread is None:
             return
         self._stopping = True
         self._wake.set()
-        thread.join(timeout)
+        thread.join(max(deadline - time.monotonic(), 0.1))
         if thread.is_alive():
             log.error("shadow scoring did not finish within %s s", timeout)
         self._thread = None
@@ -177,7 +182,7 @@ class ShadowScorer:
         """Block until everything submitted so far is scored (tests and benchmarks)."""
         deadline = time.monotonic() + timeout
         with self._idle:
-            while self._pending or self._busy:
+            while self._pending or self._large or self._busy:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -189,14 +194,17 @@ class ShadowScorer:
     def submit(self, job: ShadowJob) -> bool:
         """Queue a copy (any thread); never blocks, never raises. False: dropped, queue full."""
         rows = len(job.records)
+        large = rows > LOOP_JOB_ROWS and self._loop is not None
         with self._lock:
             accepted = self._queued_rows + rows <= self.capacity
             if accepted:
                 self._queued_rows += rows
-                self._pending.append(job)
+                (self._large if large else self._pending).append(job)
                 self.stats.submitted += rows
             else:
                 self.stats.dropped += rows
+        if large and accepted:
+            self._wake.set()  # a large request is rare; its copy is scored right away
         if not accepted:
             if self._on_dropped is not None:
                 try:
@@ -208,10 +216,14 @@ class ShadowScorer:
 
     # draining ---------------------------------------------------------------------------------
 
-    def _take(self, rows: int | None) -> list[ShadowJob]:
-        """The oldest queued jobs, up to `rows` rows (at least one job), or all of them."""
+    def _take(self, rows: int | None, large: bool = False) -> list[ShadowJob]:
+        """The oldest queued jobs, up to `rows` rows (at least one job), or all of them; of the
+        large jobs' queue if `large`, else of the other (all queues when `rows` is None)."""
         with self._lock:
-            pending = self._pending
+            if rows is None:
+                pending, self._large = self._pending + self._large, []
+            else:
+                pending = self._large if large else self._pending
             if rows is None:
                 taken = len(pending)
             else:
@@ -221,9 +233,13 @@ class ShadowScorer:
                 ):
                     size += len(pending[taken].records)
                     taken += 1
-            jobs, self._pending = pending[:taken], pending[taken:]
+            jobs = pending[:taken]
+            if large and rows is not None:
+                self._large = pending[taken:]
+            else:
+                self._pending = pending[taken:]
             self._queued_rows -= sum(len(job.records) for job in jobs)
-            self._busy = bool(jobs)
+            self._busy += bool(jobs)
         return jobs
 
     def _process(self, jobs: list[ShadowJob]) -> None:
@@ -234,7 +250,7 @@ class ShadowScorer:
             log.exception("shadow scoring failed on a batch")
         finally:
             with self._idle:
-                self._busy = False
+                self._busy -= bool(jobs)
                 self._idle.notify_all()
 
     def _drain_slice(self) -> None:
@@ -249,11 +265,15 @@ class ShadowScorer:
             self._timer = loop.call_later(self.tick, self._drain_slice)
 
     def _run(self) -> None:
+        """The thread: everything (no loop), or the large jobs (with a loop, the rest is the
+        loop's)."""
         while True:
             self._wake.wait(self.tick)
             self._wake.clear()
             stopping = self._stopping
-            jobs = self._take(None)
+            jobs = self._take(self.max_rows_per_call, large=True) if self._loop else []
+            if self._loop is None:
+                jobs = self._take(None)
             self._process(jobs)
             if stopping:
                 if not jobs:
