@@ -173,8 +173,8 @@ def test_a_change_to_code_a_stage_imports_reruns_it(repo_copy: Path) -> None:
     _edit(
         repo_copy,
         "model.py",
-        "return booster.predict(",
-        "return 1.0 - booster.predict(",
+        "return np.asarray(booster.predict(",
+        "return 1.0 - np.asarray(booster.predict(",
     )
     result = train(repo_copy)
     assert "evaluate" in stages_run(result.stdout)
