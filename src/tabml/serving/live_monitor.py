@@ -444,7 +444,11 @@ class LiveMonitor:
             with self._lock:
                 bulk, self._bulk = self._bulk, []
                 self._queued -= sum(map(_size, bulk))
-            for item in bulk:  # one large request at a time
+            for item in bulk:  # a large request in pieces, letting requests have the GIL
+                while type(item) is _Scored and _size(item) > CHUNK_RECORDS:
+                    head, item = item.split(CHUNK_RECORDS)
+                    self._process_safely([head])
+                    time.sleep(0)
                 self._process_safely([item])
             self._write_encoded()
             if self.writer is not None:
