@@ -18,7 +18,7 @@ from tests.tracking.conftest import tracking_env, train
 
 from tabml.bundle import BundleError, load_bundle
 from tabml.data import file_md5
-from tabml.layout import ARTIFACT_FILES, MODEL_FILE
+from tabml.layout import MODEL_FILE, SERVING_FILES
 
 pytestmark = pytest.mark.slow
 
@@ -57,11 +57,12 @@ def test_export_verify_promote_and_rollback_a_bundle(repo_copy: Path, tmp_path: 
         assert provenance.data_md5 == tags["data_md5"]
         assert provenance.git_commit == tags["git_commit"]
         assert provenance.metrics["test_roc_auc"] == runs[number].data.metrics["test_roc_auc"]
-        assert sorted(provenance.files) == sorted(ARTIFACT_FILES)  # the pyfunc's artifacts
+        # the pyfunc's artifacts: what the service needs, drift monitoring's profile included
+        assert sorted(provenance.files) == sorted(SERVING_FILES)
     assert bundle.version("champion").provenance.aliases == ("champion",)
     assert bundle.version("challenger").provenance.aliases == ("candidate",)
     # The workspace holds the last model trained: v2's files, byte for byte.
-    for name in ARTIFACT_FILES:
+    for name in SERVING_FILES:
         workspace = (repo_copy / "models" / name).read_bytes()
         assert bundle.version("challenger").file(name).read_bytes() == workspace
 
