@@ -418,3 +418,21 @@ def test_reload_keeps_metadata_and_openapi_current(
             assert json.loads(
                 http.get("/v2/models/adult/versions/" + bundles.challenger + "/ready").text
             ) == {"ready": True}
+
+
+def test_bad_routes_and_tampered_bundles_stop_the_start(
+    champion_checkout, challenger_checkout, start_failing_server, tmp_path
+) -> None:
+    from tests.serving.conftest import Workspace
+
+    checkout = Workspace(champion_checkout)
+    bad_route = start_failing_server(checkout, "--route", "canary:1.5")
+    assert bad_route.returncode == 2
+    assert "canary fraction must be a number from 0 to 1" in bad_route.stderr
+    bundle = bundle_of(tmp_path / "bundle", champion_checkout, challenger_checkout)
+    profile = bundle / version_id(challenger_checkout) / "reference_profile.json"
+    profile.write_text(profile.read_text() + "\n")
+    for workers in ("1", "2"):
+        tampered = start_failing_server(checkout, "--bundle", str(bundle), "--workers", workers)
+        assert tampered.returncode == 2, tampered.stderr
+        assert "reference_profile.json: md5" in tampered.stderr
