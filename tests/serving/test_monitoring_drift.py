@@ -122,7 +122,9 @@ def test_two_workers_report_one_combined_window(
             assert response.status_code == 200
         offline = DriftWindow(reference, config.window_size, config.epsilon)
         offline.add(test_set.records[:rows], test_set.probabilities[:rows])
-        wait_for(lambda: window_psi(server.url)[0] == rows)  # published within a second
+        # Each worker publishes its window every second: wait until scrapes on either worker
+        # (new connections land on both) all see every record, however loaded the machine.
+        wait_for(lambda: all(window_psi(server.url)[0] == rows for _ in range(8)), timeout=30)
         for _ in range(8):  # scrapes land on either worker
             records, features, score = window_psi(server.url)
             assert records == rows
