@@ -5,8 +5,8 @@ uvicorn's supervisor (0.54, `uvicorn.supervisors.Multiprocess`) answers SIGHUP w
 restart: for each worker it starts a replacement, waits until it is ready, then stops the old
 one with SIGTERM. Every worker then loads the bundle again, and the old ones finish the requests
 they are answering; but stopping a worker closes its idle keep-alive connections, and a client
-that sends its next request on one of them at that moment gets a connection reset (measured:
-2 of about 3,000 requests in a restart under load, tests/serving/champion_challenger). A reload
+that sends its next request on one of them at that moment gets a connection reset (seen: 2
+resets in one restart of two workers under a two-thread load loop). A reload
 in place has no such window: the worker keeps its connections and swaps its versions between
 two requests (`tabml.serving.reload`).
 
