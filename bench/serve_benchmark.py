@@ -115,6 +115,12 @@ def load_data(root: Path) -> Data:
 # Processes --------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (its threads included), from /proc."""
+    fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}
@@ -142,6 +148,7 @@ class System:
     path: str
     wrap: Callable[[list[dict[str, Any]]], Any]
     unwrap: Callable[[Any], list[float]]
+    port_flag: str = "--port"
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
     results: dict[str, Any] = field(default_factory=dict)
@@ -156,7 +163,7 @@ def running(system: System, workdir: Path, data: Data) -> Iterator[System]:
     probe = system.wrap([data.records[0]])
     started = time.perf_counter()
     system.process = subprocess.Popen(
-        [*system.command, "--port" if system.name == "tabml-serve" else "-p", str(port)],
+        [*system.command, system.port_flag, str(port)],
         cwd=workdir,
         env=system.env,
         stdout=log,
@@ -418,6 +425,7 @@ def run(root: Path, data: Data, tracking_uri: str, args: argparse.Namespace) -> 
             "/invocations",
             wrap=lambda records: {"dataframe_records": records},
             unwrap=lambda body: body["predictions"],
+            port_flag="-p",
         ),
     ]
     bodies: dict[tuple[str, int], Path] = {}
