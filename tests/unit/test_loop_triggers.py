@@ -100,4 +100,3 @@ def test_new_labels_and_age_triggers() -> None:
     assert triggers.age_trigger(PARAMS.loop.max_model_age_days + 1, PARAMS.loop).fired
     assert not triggers.age_trigger(1.0, PARAMS.loop).fired
     assert not triggers.age_trigger(float("nan"), PARAMS.loop).fired
-

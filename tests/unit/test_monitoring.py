@@ -84,7 +84,6 @@ COLUMNS = adult_columns()
 ROWS = len(COLUMNS["age"])
 
 
-
 def synthetic_scores(columns: Columns, seed: int = 1) -> np.ndarray:
     """Scores that depend on the record (like a model's), with ties from rounding."""
     rng = np.random.default_rng(seed)
