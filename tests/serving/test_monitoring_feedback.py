@@ -162,9 +162,19 @@ def test_two_workers_share_the_index_and_the_realized_window(
             )
             assert response.status_code == 200, response.text
         p, y = test_set.probabilities[:600], truth[:600]
+        expected = (600, accuracy_score(y, p >= threshold), roc_auc_score(y, p))
+
+        def converged() -> bool:
+            held, accuracy, auc = realized(server.url, version)
+            return (
+                held == 600
+                and abs(accuracy - expected[1]) < 1e-12
+                and abs(auc - expected[2]) < 1e-12
+            )
+
         # Each worker publishes its window every second: wait until scrapes on either worker
-        # (new connections land on both) all see every label, however loaded the machine.
-        wait_for(lambda: all(realized(server.url, version)[0] == 600 for _ in range(8)), 30)
+        # (new connections land on both) all report every label, however loaded the machine.
+        wait_for(lambda: all(converged() for _ in range(8)), 30)
         for _ in range(8):  # scrapes land on either worker
             held, accuracy, auc = realized(server.url, version)
             assert held == 600
