@@ -59,15 +59,22 @@ ROTATING_RECORDS = 200
 MODEL_NAME = "tabml-bench"
 
 LUA = r"""
--- POST bodies from a file (one JSON body per line), formatted once, sent in rotation.
+-- POST bodies from a file (one JSON body per line), formatted once, sent in rotation. A line
+-- "<key>\t<body>" sends its body with the header X-Routing-Key: <key> (JSON bodies hold no tab).
 local requests = {}
 local n = 0
 local i = 0
 init = function(args)
-  local headers = {["Content-Type"] = "application/json"}
   for line in io.lines(args[1]) do
+    local headers = {["Content-Type"] = "application/json"}
+    local key, body = line:match("^([^\t]*)\t(.*)$")
+    if key then
+      headers["X-Routing-Key"] = key
+    else
+      body = line
+    end
     n = n + 1
-    requests[n] = wrk.format("POST", nil, headers, line)
+    requests[n] = wrk.format("POST", nil, headers, body)
   end
 end
 request = function()
@@ -83,6 +90,16 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99), latency.mean))
 end
 """
+
+
+def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """What a result file records about the machine it was measured on."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 # Data -------------------------------------------------------------------------------------
@@ -473,12 +490,7 @@ def run(root: Path, data: Data, tracking_uri: str, args: argparse.Namespace) -> 
 
     results: dict[str, Any] = {
         "benchmark": "prediction service: tabml-serve vs mlflow models serve vs in-process",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "settings": {
             "duration_s": args.duration,
             "runs": args.runs,

@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -52,6 +51,7 @@ from serve_benchmark import (  # noqa: E402
     check_answers,
     cpu_seconds,
     load_data,
+    machine,
     paired,
     running,
     summarize,
@@ -255,12 +255,7 @@ def run(root: Path, data: Data, args: argparse.Namespace) -> dict[str, Any]:
         counters = log_counters(systems[1].url)
     results: dict[str, Any] = {
         "benchmark": "tabml-serve with the prediction log and live drift ON vs OFF",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "settings": {
             "duration_s": args.duration,
             "runs": args.runs,

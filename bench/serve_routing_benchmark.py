@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -63,8 +62,10 @@ from tests.model_versions import bundle_of, train_challenger  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
 from serve_benchmark import (  # noqa: E402
+    LUA,
     cpu_seconds,
     load_data,
+    machine,
     paired,
     summarize,
     tree_rss_mb,
@@ -77,33 +78,6 @@ ROUTING_KEYS = 1_000
 CANARY = "canary:0.1"
 RELOADS = 10
 TOKEN = "bench-admin-token"
-
-# As serve_benchmark's script, with a routing key per request: lines are "<key>\t<body>".
-LUA = r"""
-local requests = {}
-local n = 0
-local i = 0
-init = function(args)
-  for line in io.lines(args[1]) do
-    local key, body = line:match("^([^\t]*)\t(.*)$")
-    n = n + 1
-    local headers = {["Content-Type"] = "application/json", ["X-Routing-Key"] = key}
-    requests[n] = wrk.format("POST", nil, headers, body)
-  end
-end
-request = function()
-  i = i % n + 1
-  return requests[i]
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK_JSON {"requests": %d, "duration_us": %d, "non2xx": %d, "socket_errors": %d, ' ..
-    '"p50_us": %d, "p99_us": %d, "mean_us": %.1f}\n',
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.mean))
-end
-"""
 
 SCENARIOS = {"single c=1": 1, "single c=8": 8}
 
@@ -411,12 +385,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "benchmark": "champion/challenger routing: canary and shadow vs champion-only, reload",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "settings": {
             "duration_s": args.duration,
             "runs": args.runs,
