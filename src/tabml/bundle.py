@@ -230,12 +230,17 @@ def _checkout_metrics(lock: Lock) -> dict[str, float]:
 
 
 def bundle_from_models_dir(
-    models_dir: Path = MODELS_DIR, dvc_lock: Path | None = None, *, git_commit: str | None = None
+    models_dir: Path = MODELS_DIR,
+    dvc_lock: Path | None = None,
+    *,
+    git_commit: str | None = None,
+    lock_prefix: str | None = None,
 ) -> Bundle:
     """A plain models directory as a one-version bundle (champion only), every file checked
     against its checkout's dvc.lock (default: `<models_dir>/../dvc.lock`).
 
-    `git_commit` is recorded when the caller knows it (this module runs no git).
+    `git_commit` is recorded when the caller knows it (this module runs no git); `lock_prefix`
+    is the directory's path in the lock when it was copied elsewhere (see `describe_version`).
     """
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
@@ -249,6 +254,7 @@ def bundle_from_models_dir(
         models_dir,
         lock,
         git_commit=git_commit,
+        lock_prefix=lock_prefix,
         metrics=_checkout_metrics(lock),
         source=str(models_dir.resolve()),
     )

@@ -45,12 +45,11 @@ from tabml.bundle import (
     BundleError,
     BundleVersion,
     Provenance,
-    describe_version,
+    bundle_from_models_dir,
     load_bundle,
 )
 from tabml.errors import TabmlError
 from tabml.layout import LOCK_FILE, MODEL_FILE, MODELS_DIR, PROFILE_FILE, SERVING_FILES
-from tabml.lockfile import LockFileError, read_lock
 from tabml.serving import provenance
 from tabml.serving.batching import MicroBatcher
 from tabml.serving.examples import example_records
@@ -240,16 +239,11 @@ def challenger_bundle_version(directory: Path, dvc_lock: Path | None = None) -> 
     directory = Path(directory)
     if (directory / MANIFEST_FILE).is_file():
         return load_bundle(directory).version(CHAMPION)
-    if not directory.is_dir():
-        raise BundleError(f"challenger {directory} does not exist")
-    lock_path = Path(dvc_lock) if dvc_lock is not None else directory.parent / LOCK_FILE
     try:
-        lock = read_lock(lock_path)
-    except LockFileError as exc:
+        bundle = bundle_from_models_dir(directory, dvc_lock, lock_prefix=MODELS_DIR.as_posix())
+    except BundleError as exc:
         raise BundleError(f"challenger {directory}: {exc}") from None
-    return describe_version(
-        directory, lock, lock_prefix=MODELS_DIR.as_posix(), source=str(directory.resolve())
-    )
+    return bundle.version(CHAMPION)
 
 
 @dataclass(frozen=True)
