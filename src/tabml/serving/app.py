@@ -31,45 +31,29 @@ from tabml.serving.routing import (
     ShortPath,
     rejection_body,
 )
-from tabml.serving.schemas import ErrorResponse, PredictionResponse, inline_schema
+from tabml.serving.schemas import ErrorResponse, PredictionResponse, inline_schema, one_or_many_body
 from tabml.serving.service import PredictionService
 from tabml.serving.settings import ServingSettings
-
-JSON = "application/json"
 
 
 def _predict_openapi(service: PredictionService) -> dict[str, Any]:
     record = inline_schema(service.predictor.Record)
     examples = service.examples
     return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                JSON: {
-                    "schema": {
-                        "oneOf": [
-                            record,
-                            {
-                                "type": "array",
-                                "items": record,
-                                "minItems": 1,
-                                "maxItems": service.predictor.max_batch,
-                            },
-                        ]
-                    },
-                    "examples": {
-                        "one record": {
-                            "summary": "One record (a row of the test set)",
-                            "value": examples[0],
-                        },
-                        "batch": {
-                            "summary": "A batch; null marks a missing value in a nullable field",
-                            "value": examples,
-                        },
-                    },
-                }
+        "requestBody": one_or_many_body(
+            record,
+            service.predictor.max_batch,
+            {
+                "one record": {
+                    "summary": "One record (a row of the test set)",
+                    "value": examples[0],
+                },
+                "batch": {
+                    "summary": "A batch; null marks a missing value in a nullable field",
+                    "value": examples,
+                },
             },
-        }
+        )
     }
 
 

@@ -20,9 +20,14 @@ from tabml.serving.live_monitor import FeedbackLabel, LiveMonitor
 from tabml.serving.logs import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 from tabml.serving.predictor import RequestRejected
 from tabml.serving.routing import BodyReader, Handler, HandlerResult, ShortPath, rejection_body
-from tabml.serving.schemas import ErrorResponse, IntegralNumber, field_errors, inline_schema
+from tabml.serving.schemas import (
+    ErrorResponse,
+    IntegralNumber,
+    field_errors,
+    inline_schema,
+    one_or_many_body,
+)
 
-JSON = "application/json"
 OPERATION_ID = "post_feedback"
 
 #: How a prediction response documents the ID its labels must name.
@@ -132,34 +137,14 @@ def router(contract: DataContract, monitor: LiveMonitor, max_batch: int, limit: 
     item = inline_schema(parser.item)
     label = contract.label
     example = {"request_id": "3f9c2a7e1b8d4c6fa0e5d2b1c4a7f9e0", "label": label.positive}
-    body = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                JSON: {
-                    "schema": {
-                        "oneOf": [
-                            item,
-                            {"type": "array", "items": item, "minItems": 1, "maxItems": max_batch},
-                        ]
-                    },
-                    "examples": {
-                        "one label": {
-                            "summary": "The label of a one-record request",
-                            "value": example,
-                        },
-                        "batch": {
-                            "summary": "Labels of records 0 and 2 of a batch request",
-                            "value": [
-                                {**example, "index": 0},
-                                {**example, "index": 2, "label": label.negative},
-                            ],
-                        },
-                    },
-                }
-            },
-        }
+    examples = {
+        "one label": {"summary": "The label of a one-record request", "value": example},
+        "batch": {
+            "summary": "Labels of records 0 and 2 of a batch request",
+            "value": [{**example, "index": 0}, {**example, "index": 2, "label": label.negative}],
+        },
     }
+    body = {"requestBody": one_or_many_body(item, max_batch, examples)}
     errors = {"model": ErrorResponse}
     api = APIRouter()
     api.add_api_route(

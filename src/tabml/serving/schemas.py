@@ -295,3 +295,15 @@ def field_errors(exc: ValidationError, *, single_record: bool) -> tuple[list[dic
             entry["input"] = value
         described.append(entry)
     return described, len(errors)
+
+
+def one_or_many_body(
+    item: dict[str, Any], max_items: int, examples: dict[str, Any]
+) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint taking one JSON object or an array of up to
+    `max_items` of them (/predict, /feedback), with named examples."""
+    many = {"type": "array", "items": item, "minItems": 1, "maxItems": max_items}
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"oneOf": [item, many]}, "examples": examples}},
+    }
