@@ -29,12 +29,12 @@ from tabml.atomic import write_text_atomic
 from tabml.config import Params, load_params
 from tabml.contract import DataContract
 from tabml.errors import TabmlError
-from tabml.layout import CONTRACT_FILE, MODELS_DIR, PARAMS_FILE
+from tabml.layout import CONTRACT_FILE, MODELS_DIR, PARAMS_FILE, PROFILE_FILE
 from tabml.monitoring import ReferenceProfile
 from tabml.monitoring.report import scan_log, summarize
 from tabml.monitoring.report_html import render_html
 
-DEFAULT_PROFILE = MODELS_DIR / "reference_profile.json"
+DEFAULT_PROFILE = MODELS_DIR / PROFILE_FILE
 SUMMARY_FILE = "summary.json"
 HTML_FILE = "report.html"
 COMPARE = "compare"

@@ -84,9 +84,14 @@ def ingested_keys(batches: Path) -> set[Key]:
     return keys
 
 
-def new_labelled_rows(log_dir: Path, batches: Path) -> tuple[LabelledFeedback, set[Key]]:
-    """Joined feedback from the log, minus what earlier batches hold; and those held keys."""
-    joined = join_feedback(read_events(log_dir, (PREDICTION, FEEDBACK)))
+def new_labelled_rows(
+    log_dir: Path, batches: Path, events: Iterable[dict[str, Any]] | None = None
+) -> tuple[LabelledFeedback, set[Key]]:
+    """Joined feedback from the log (or from its `events`, when the caller has read them),
+    minus what earlier batches hold; and those held keys."""
+    joined = join_feedback(
+        read_events(log_dir, (PREDICTION, FEEDBACK)) if events is None else events
+    )
     held = ingested_keys(batches)
     joined.rows = {k: v for k, v in joined.rows.items() if k not in held}
     return joined, held

@@ -29,7 +29,7 @@ from typing import Any
 from tabml.atomic import write_text_atomic
 from tabml.config import Params
 from tabml.errors import TabmlError
-from tabml.layout import DATA_DIR, MODEL_FILE, MODELS_DIR
+from tabml.layout import DATA_DIR, MODEL_FILE, MODELS_DIR, PROFILE_FILE
 from tabml.loop import steps, triggers
 from tabml.loop.steps import Say
 
@@ -85,14 +85,13 @@ def champion_version_id(params: Params) -> str:
     return file_md5(MODELS_DIR / MODEL_FILE)[:12]
 
 
-def evaluate_triggers(params: Params, new_rows: int) -> list[triggers.Trigger]:
+def evaluate_triggers(
+    params: Params, events: list[dict[str, Any]], new_rows: int
+) -> list[triggers.Trigger]:
     from tabml.monitoring import ReferenceProfile
-    from tabml.monitoring.events import read_events
 
-    log_dir = steps.log_dir_of(params)
-    events = list(read_events(log_dir)) if log_dir.is_dir() else []
     version = champion_version_id(params)
-    profile = ReferenceProfile.load(MODELS_DIR / "reference_profile.json")
+    profile = ReferenceProfile.load(MODELS_DIR / PROFILE_FILE)
     label = params.dataset.label
     return [
         triggers.new_labels_trigger(new_rows, params.loop),
@@ -126,6 +125,7 @@ def run_iteration(
 
 def _iterate(params: Params, overrides: list[str], dry_run: bool, say: Say) -> int:
     from tabml.loop import data_version, deploy
+    from tabml.monitoring.events import read_events
 
     if deploy.canary_running(params):
         return deploy.decide(params, dry_run=dry_run, say=say)
@@ -142,8 +142,11 @@ def _iterate(params: Params, overrides: list[str], dry_run: bool, say: Say) -> i
     else:
         contract = params.dataset.contract()
         batches = DATA_DIR / params.dataset.batches_dir
-        joined, _ = data_version.new_labelled_rows(steps.log_dir_of(params), batches)
-        for trigger in evaluate_triggers(params, len(joined.rows)):
+        # The log is read once: the data version and the drift and accuracy triggers share it.
+        log_dir = steps.log_dir_of(params)
+        events = list(read_events(log_dir)) if log_dir.is_dir() else []
+        joined, _ = data_version.new_labelled_rows(log_dir, batches, events)
+        for trigger in evaluate_triggers(params, events, len(joined.rows)):
             say(
                 f"trigger {trigger.name}: {'FIRED' if trigger.fired else 'no'} ({trigger.evidence})"
             )
