@@ -35,9 +35,10 @@ class ServingSettings(BaseSettings):
     challenger_dvc_lock: Path | None = Field(
         None, description="dvc.lock vouching for a challenger models directory (default: ../)"
     )
-    route: str = Field(
-        "champion",
-        description="champion | canary:<fraction> (sticky by X-Routing-Key) | shadow",
+    route: str | None = Field(
+        None,
+        description="champion | canary:<fraction> (sticky by X-Routing-Key) | shadow; "
+        "default: the bundle's route (bundle.json, followed on reload), else champion",
     )
     admin_token: SecretStr | None = Field(
         None, description="bearer token of POST /admin/reload; unset, the endpoint is off (404)"
@@ -91,10 +92,10 @@ class ServingSettings(BaseSettings):
 
     @field_validator("route")
     @classmethod
-    def _known_route(cls, value: str) -> str:
+    def _known_route(cls, value: str | None) -> str | None:
         from tabml.serving.traffic_split import parse_route
 
-        return str(parse_route(value))
+        return None if value is None else str(parse_route(value))
 
     @field_validator("admin_token")
     @classmethod
