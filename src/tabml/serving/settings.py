@@ -90,6 +90,14 @@ class ServingSettings(BaseSettings):
         "(19 bytes each)",
     )
 
+    @field_validator(
+        "bundle", "challenger", "challenger_dvc_lock", "route", "model_version", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`TABML_BUNDLE=` (empty: how an image built without a bundle says so) is not set."""
+        return None if value == "" else value
+
     @field_validator("route")
     @classmethod
     def _known_route(cls, value: str | None) -> str | None:
