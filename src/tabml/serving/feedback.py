@@ -16,7 +16,8 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from tabml.contract import DataContract
-from tabml.serving.live_monitor import FeedbackLabel, LiveMonitor
+from tabml.serving.label_join import FeedbackLabel
+from tabml.serving.live_monitor import LiveMonitor
 from tabml.serving.logs import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 from tabml.serving.predictor import RequestRejected
 from tabml.serving.routing import BodyReader, Handler, HandlerResult, ShortPath, rejection_body

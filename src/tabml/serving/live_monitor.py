@@ -23,6 +23,13 @@ the snapshot other workers read, so a slow or full disk never holds up the loop.
 
 What a request contributes: every scored record enters its version's drift window; a sampled
 share of requests (`prediction_log_sample`) is *recorded*: logged, and labellable on /feedback.
+
+Why one module of about 600 lines: the queue, its two readers (the loop's slices and the
+monitor thread) and the state they update (windows, index, encoded events, their counts)
+share one lock discipline and one accounting of what is queued; split apart, each invariant
+would span files. What stands on its own lives elsewhere: joining labels across workers
+(`label_join`), the index (`prediction_index`), the log files (`prediction_log`), the state
+shared with peers (`worker_state`) and the windows themselves (`tabml.monitoring`).
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ import numpy as np
 
 from tabml.monitoring import DriftWindow, RealizedWindow, ReferenceProfile, accuracy, roc_auc
 from tabml.monitoring.events import FEEDBACK, PREDICTION
-from tabml.serving import logs, worker_state
+from tabml.serving import label_join, logs, worker_state
+from tabml.serving.label_join import FeedbackLabel
 from tabml.serving.metrics import ServiceMetrics, VersionMonitoring
 from tabml.serving.prediction_index import PredictionRing, prediction_key, prediction_keys
 from tabml.serving.prediction_log import PredictionLines, SegmentWriter, feedback_line
@@ -66,9 +74,6 @@ IO_TICK = 0.1
 PUBLISH_SECONDS = 1.0
 #: Most seconds /feedback waits for this process's queue to be indexed.
 SYNC_TIMEOUT = 2.0
-
-UNKNOWN = "unknown_prediction"
-DUPLICATE = "duplicate_feedback"
 
 
 def _shadow_last(group: tuple[str, bool]) -> bool:
@@ -100,13 +105,6 @@ class ServedModel:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class FeedbackLabel:
-    request_id: str
-    index: int
-    label: str
-
-
 class _Scored(NamedTuple):  # a tuple: the cheapest object to make on the request path
     version: str
     ts: float
@@ -131,14 +129,6 @@ class _Scored(NamedTuple):  # a tuple: the cheapest object to make on the reques
 
 class _Labels(NamedTuple):
     lines: list[bytes]
-
-
-class _Found(NamedTuple):
-    ring: PredictionRing
-    slot: int
-    probability: float
-    version: VersionInfo
-    labelled: bool
 
 
 class LiveMonitor:
@@ -169,6 +159,7 @@ class LiveMonitor:
                 if shared_dir is not None
                 else PredictionRing.in_memory(size)
             )
+            self.peer_rings = label_join.PeerRings(self.ring, shared_dir, self.pid)
         # Replaced, never mutated, by `serve` (another thread may be reading them): the
         # versions served now, with their drift windows, and every version served so far.
         self._windows: dict[str, DriftWindow] = {}
@@ -196,7 +187,6 @@ class LiveMonitor:
         self._stopping = threading.Event()
         self._dirty = True
         self._published = 0.0
-        self._peer_rings: dict[int, PredictionRing] = {}
         self._failed_once = False
 
     def serve(self, models: Sequence[ServedModel]) -> None:
@@ -506,9 +496,9 @@ class LiveMonitor:
         self._sync()
         keys = np.array([prediction_key(x.request_id, x.index) for x in labels], dtype=np.uint64)
         with self._feedback_lock:
-            found = self._find(keys)
-            problems = _problems(labels, keys, found)
-            unknown = sum(p["type"] == UNKNOWN for p in problems)
+            found = self.peer_rings.find(keys, self._slots)
+            problems = label_join.problems(labels, keys, found)
+            unknown = sum(p["type"] == label_join.UNKNOWN for p in problems)
             self.metrics.feedback.inc(len(labels))
             if unknown:
                 self.metrics.feedback_unmatched.inc(unknown)
@@ -551,41 +541,6 @@ class LiveMonitor:
         deadline = time.monotonic() + SYNC_TIMEOUT
         for done in (loop_done, thread_done):
             done.wait(max(0.0, deadline - time.monotonic()))
-
-    def _rings(self) -> list[tuple[PredictionRing, list[VersionInfo]]]:
-        assert self.ring is not None
-        rings = [(self.ring, self._slots)]
-        if self.shared_dir is None:
-            return rings
-        attached, self._peer_rings = self._peer_rings, {}
-        for state in worker_state.other_workers(self.shared_dir, self.pid):
-            ring = attached.get(state.pid)
-            if ring is None:
-                try:
-                    ring = PredictionRing.attach(worker_state.ring_path(self.shared_dir, state.pid))
-                except (OSError, ValueError):  # the worker is starting or stopping
-                    continue
-            self._peer_rings[state.pid] = ring
-            rings.append((ring, state.versions))
-        return rings
-
-    def _find(self, keys: np.ndarray) -> list[_Found | None]:
-        found: list[_Found | None] = [None] * len(keys)
-        for ring, versions in self._rings():
-            missing = [i for i, hit in enumerate(found) if hit is None]
-            if not missing:
-                break
-            slots, entries = ring.find(keys[missing])
-            for i, slot, entry in zip(missing, slots.tolist(), entries, strict=True):
-                if slot >= 0 and entry["version"] < len(versions):
-                    found[i] = _Found(
-                        ring,
-                        slot,
-                        float(entry["probability"]),
-                        versions[entry["version"]],
-                        bool(entry["labelled"]),
-                    )
-        return found
 
     # scrape -------------------------------------------------------------------------------
 
@@ -642,31 +597,3 @@ def _size(item: Any) -> int:
     if type(item) is _Scored:
         return len(item.records)
     return len(item.lines) if type(item) is _Labels else 0  # a /feedback sync marker: 0
-
-
-def _problems(
-    labels: Sequence[FeedbackLabel], keys: np.ndarray, found: Sequence[_Found | None]
-) -> list[dict[str, Any]]:
-    """Why items cannot be recorded, each naming its position in the request."""
-    problems, seen = [], set()
-    for position, (label, key, hit) in enumerate(zip(labels, keys.tolist(), found, strict=True)):
-        where = f"request_id {label.request_id!r}, index {label.index}"
-        if hit is None:
-            kind, message = UNKNOWN, f"no recent recorded prediction has {where}"
-        elif hit.labelled:
-            kind, message = DUPLICATE, f"a label for {where} is already recorded"
-        elif key in seen:
-            kind, message = DUPLICATE, f"{where} is labelled twice in this request"
-        else:
-            seen.add(key)
-            continue
-        problems.append(
-            {
-                "index": position,
-                "field": "request_id",
-                "type": kind,
-                "message": message,
-                "input": label.request_id,
-            }
-        )
-    return problems
