@@ -22,6 +22,10 @@ service started with `--route`/`TABML_ROUTE` keeps that one instead). A route ot
 atomically replacing a symlink, so a reader (a service reloading on SIGHUP) sees the old bundle
 or the new one, never a mix, and a failed write leaves the old one in place. Files and hashes
 only (no MLflow, no FastAPI): the registry CLI writes bundles and the service reads them.
+
+About 500 lines: the format (the md5 chain), reading and verifying it, and publishing a new
+generation atomically are one contract between writers and readers; `bundle_export` (MLflow)
+and `bundle_check` (image builds) are its clients.
 """
 
 from __future__ import annotations
