@@ -97,6 +97,7 @@ class PredictionService:
             capacity=self.settings.prediction_log_queue,
             on_dropped=lambda rows: self._count_shadow(None, "dropped", rows),
             on_failed=lambda version, rows: self._count_shadow(version, "failed", rows),
+            on_cpu=self.metrics.background_cpu.labels("shadow").inc,
         )
         self._serving(initial)
 
