@@ -122,6 +122,23 @@ def test_bad_parameters_are_a_422_naming_them(
     assert error["field"] == field and f"query parameter '{field}'" in error["message"]
 
 
+def test_explaining_more_than_the_limit_is_a_413(server: Any, test_set: Any) -> None:
+    """TABML_MAX_EXPLAIN_BATCH (1,000): an explained batch costs about 4 ms a record."""
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        ok = http.post("/predict?explain=true", json=test_set.records[:1000])
+        too_many = http.post("/predict?explain=true", json=test_set.records[:1001])
+        plain = http.post("/predict", json=test_set.records[:1001])
+        infer = http.post(
+            "/v2/models/adult/infer", json=oip_request(test_set.records[:1001], {"explain": True})
+        )
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1000
+    assert too_many.status_code == 413
+    assert "1001 records exceeds the maximum of 1000 explained" in too_many.json()["detail"]
+    assert "TABML_MAX_EXPLAIN_BATCH" in too_many.json()["detail"]
+    assert plain.status_code == 200
+    assert infer.status_code == 413 and "TABML_MAX_EXPLAIN_BATCH" in infer.json()["error"]
+
+
 def oip_request(records: list[dict[str, Any]], parameters: dict[str, Any]) -> dict[str, Any]:
     def datatype(name: str) -> str:
         return "BYTES" if any(isinstance(r[name], str) for r in records) else "INT64"

@@ -166,6 +166,8 @@ def score_infer(
     """The response to a parsed request: its outputs (and `explanation` if asked for)."""
     models, version = answering
     request, records, rows = parsed.request, parsed.records, parsed.rows
+    if parsed.explain is not None:
+        service.check_explained(rows)
     service.metrics.observe_batch(rows, version.id)
     wanted: list[str] = [o.name for o in request.outputs] if request.outputs else list(OUTPUTS)
     if parsed.explain is None:

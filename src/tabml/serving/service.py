@@ -289,6 +289,8 @@ class PredictionService:
         `explain`: add each prediction's explanation, by the version that answered."""
         models, version = answering or self.answering()
         records = version.predictor.parse_json(body)
+        if explain is not None:
+            self.check_explained(len(records))
         self.metrics.observe_batch(len(records), version.id)
         if explain is None:
             probabilities = version.score(records)
@@ -315,6 +317,16 @@ class PredictionService:
         probabilities = await version.score_coalesced(records)
         self.answered(models, version, records, probabilities, started)
         return self.render(version, probabilities), len(records), version.id
+
+    def check_explained(self, rows: int) -> None:
+        """Refuse (413) to explain more records at once than TABML_MAX_EXPLAIN_BATCH."""
+        limit = self.settings.max_explain_batch
+        if rows > limit:
+            raise RequestRejected(
+                413,
+                f"batch of {rows} records exceeds the maximum of {limit} explained per "
+                "request (TABML_MAX_EXPLAIN_BATCH); split it, or leave out explain",
+            )
 
     def count_rejected(self, exc: RequestRejected) -> None:
         if isinstance(exc.detail, list):
