@@ -10,7 +10,9 @@ concurrency 1 and 8 and for 20-record batches; ratios are medians over rounds of
 pairs (`serve_benchmark.paired`). With `--baseline-ref REF`, a second server runs the service
 code of git revision REF (its `src/`, from `git archive`) on the same artifacts, and its plain
 requests are measured in the same rounds: the default path before and after explanations
-exist. Also measured in process, without HTTP: scoring and TreeSHAP (`pred_contrib`) per record.
+exist. Each run also records the server's CPU time per request (utime + stime from /proc),
+steadier than latency on shared cores. Also measured in process, without HTTP: the CPU time of
+scoring and of TreeSHAP (`pred_contrib`) per record.
 
 Load comes from Debian's `wrk` (`serve_benchmark.wrk`) rotating through real test rows. Every
 explained answer checked is compared with the offline probability, and base value plus
@@ -26,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -46,6 +49,7 @@ from serve_benchmark import (  # noqa: E402
     LUA,
     Data,
     System,
+    cpu_seconds,
     load_data,
     machine,
     paired,
@@ -113,8 +117,8 @@ def check_explanations(system: System, data: Data, rows: list[int]) -> float:
 
 
 def in_process(data: Data, seconds: float) -> dict[str, float]:
-    """Microseconds per record, one thread, 20-record calls: scoring (transform +
-    predict_proba) and TreeSHAP of the same records (`pred_contrib` + raw-column mapping)."""
+    """CPU microseconds per record, one thread, 20-record calls: scoring (predict_proba) and
+    TreeSHAP of the same encoded records (`pred_contrib` + the raw-column mapping)."""
     from tabml.explain import RawAttribution
     from tabml.model import predict_proba
 
@@ -123,12 +127,12 @@ def in_process(data: Data, seconds: float) -> dict[str, float]:
     calls = [data.records[i : i + BATCH_ROWS] for i in range(0, 10 * BATCH_ROWS, BATCH_ROWS)]
     matrices = [data.transform.transform({n: [r[n] for r in c] for n in names}) for c in calls]
 
-    def per_record(work: Any) -> float:
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
+    def per_record(work: Any) -> float:  # CPU time: steadier than wall time on shared cores
+        done, started = 0, time.process_time()
+        while time.process_time() - started < seconds:
             work(matrices[done % len(matrices)])
             done += 1
-        return (time.perf_counter() - started) * 1e6 / (done * BATCH_ROWS)
+        return (time.process_time() - started) * 1e6 / (done * BATCH_ROWS)
 
     score = per_record(lambda x: predict_proba(data.booster, x))
     explain = per_record(lambda x: attribution.explain(data.booster, x))
@@ -199,14 +203,18 @@ def run(root: Path, data: Data, args: argparse.Namespace, workdir: Path) -> dict
             for scenario, (connections, rows) in SCENARIOS.items():
                 for system, variant in measured:
                     url = system.url + "/predict" + VARIANTS[variant]
+                    assert system.process is not None
+                    cpu = cpu_seconds(system.process.pid)
                     sample = wrk(url, bodies[rows], script, connections, args.duration)
+                    cpu = cpu_seconds(system.process.pid) - cpu
+                    sample["cpu_ms_per_request"] = cpu * 1e3 / max(sample["rps"] * args.duration, 1)
                     samples.setdefault((system.name, variant, scenario), []).append(sample)
             print(f"round {round_ + 1}/{args.runs} done", flush=True)
         check_explanations(ours, data, list(range(5000, 6000)))
 
     series = {
         f"{system.name} {variant}": {
-            scenario: summarize(samples[system.name, variant, scenario], SCENARIOS[scenario][1])
+            scenario: summary(samples[system.name, variant, scenario], SCENARIOS[scenario][1])
             for scenario in SCENARIOS
         }
         for system, variant in measured
@@ -220,6 +228,9 @@ def run(root: Path, data: Data, args: argparse.Namespace, workdir: Path) -> dict
                 "p50_ms": round(paired(explained[scenario], plain[scenario], "p50_ms"), 2),
                 "p99_ms": round(paired(explained[scenario], plain[scenario], "p99_ms"), 2),
                 "requests_per_s": round(paired(explained[scenario], plain[scenario], "rps"), 3),
+                "cpu_ms_per_request": round(
+                    paired(explained[scenario], plain[scenario], "cpu_ms_per_request"), 2
+                ),
             }
             for scenario in SCENARIOS
         }
@@ -229,6 +240,9 @@ def run(root: Path, data: Data, args: argparse.Namespace, workdir: Path) -> dict
             scenario: {
                 "p50_ms": round(paired(plain[scenario], before[scenario], "p50_ms"), 3),
                 "requests_per_s": round(paired(plain[scenario], before[scenario], "rps"), 3),
+                "cpu_ms_per_request": round(
+                    paired(plain[scenario], before[scenario], "cpu_ms_per_request"), 3
+                ),
             }
             for scenario in SCENARIOS
         }
@@ -249,13 +263,22 @@ def run(root: Path, data: Data, args: argparse.Namespace, workdir: Path) -> dict
     }
 
 
+def summary(samples: list[dict[str, Any]], rows_per_request: int) -> dict[str, Any]:
+    """`serve_benchmark.summarize`, plus the server's median CPU per request."""
+    cpu = statistics.median(s["cpu_ms_per_request"] for s in samples)
+    return {**summarize(samples, rows_per_request), "cpu_ms_per_request": round(cpu, 3)}
+
+
 def table(results: dict[str, Any]) -> str:
-    lines = [f"{'series':<34} {'scenario':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'err':>4}"]
+    lines = [
+        f"{'series':<34} {'scenario':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'cpu ms':>8} {'err':>4}"
+    ]
     for name, scenarios in results["series"].items():
         for scenario, r in scenarios.items():
             lines.append(
                 f"{name:<34} {scenario:<15} {r['requests_per_s']:>9.1f} {r['p50_ms']:>8.2f}"
-                f" {r['p99_ms']:>8.2f} {r['errors']:>4}"
+                f" {r['p99_ms']:>8.2f} {r['cpu_ms_per_request']:>8.3f} {r['errors']:>4}"
             )
     lines.append("")
     for name, scenarios in results["ratios"].items():
@@ -264,7 +287,7 @@ def table(results: dict[str, Any]) -> str:
                 f"{name:<34} {scenario:<15} " + ", ".join(f"{k} {v}" for k, v in r.items())
             )
     lines.append("")
-    lines.append(f"in process, µs per record: {results['in_process']}")
+    lines.append(f"in process, CPU µs per record: {results['in_process']}")
     lines.append(
         f"max |base + contributions - logit(p)|: {results['max_abs_margin_minus_logit']:.1e}"
     )

@@ -114,9 +114,9 @@ def mean_abs_contributions(
     """Global importance: mean |contribution| of each raw input over `rows` rows of `features`
     drawn without replacement by `seed` (0 or more than there are: every row), largest first.
 
-    TreeSHAP costs about 4 ms a row here (251 trees), so the whole test set (16,281 rows)
-    would take 28 s on two threads; 2,000 rows keep every feature within 5 % of it, in the
-    same order (measured; docs/DESIGN-NOTES.md).
+    TreeSHAP costs about 2 ms of CPU a row here (251 trees), so the whole test set (16,281
+    rows) took 28 s on two shared threads; 2,000 rows keep every feature within 5 % of it, in
+    the same order (measured; docs/DESIGN-NOTES.md).
     """
     if 0 < rows < len(features):
         chosen = np.sort(np.random.default_rng(seed).choice(len(features), rows, replace=False))

@@ -174,6 +174,7 @@ def score_infer(
         probabilities = version.score(records)
     else:
         probabilities, explained = version.predictor.predict_explained(records)
+        service.metrics.explained_rows.labels(version.id).inc(rows)
         wanted.append(EXPLANATION)
     service.answered(models, version, records, probabilities, started)
     data = {
@@ -260,7 +261,7 @@ def infer_handler(service: PredictionService) -> Handler:
                 rows = parsed.rows
                 if parsed.explain is None:
                     result = score_infer(service, parsed, started, chosen)
-                else:  # TreeSHAP: about 4 ms a row, off the event loop
+                else:  # TreeSHAP: about 2 ms of CPU a row, off the event loop
                     result = await run_in_threadpool(score_infer, service, parsed, started, chosen)
             else:
                 result, rows = await run_in_threadpool(infer, service, body, started, chosen)
