@@ -186,6 +186,9 @@ def test_oip_infer_explains_through_request_parameters(server: Any, test_set: An
         bad = http.post(
             "/v2/models/adult/infer", json=oip_request(records, {"explain": True, "top_k": -1})
         )
+        not_bool = http.post(
+            "/v2/models/adult/infer", json=oip_request(records, {"explain": "yes"})
+        )
     assert list(outputs) == ["probability", "label", "explanation"]
     explanation = outputs["explanation"]
     assert explanation["datatype"] == "BYTES" and explanation["shape"] == [len(records)]
@@ -196,6 +199,8 @@ def test_oip_infer_explains_through_request_parameters(server: Any, test_set: An
     assert [o["name"] for o in plain.json()["outputs"]] == ["probability", "label"]
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["field"] == "parameters.top_k"
+    assert not_bool.status_code == 422
+    assert not_bool.json()["detail"][0]["field"] == "parameters.explain"
 
 
 def test_explanations_are_documented_in_openapi(server: Any) -> None:
