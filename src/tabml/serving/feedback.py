@@ -121,7 +121,7 @@ class FeedbackParser:
 
 
 def feedback_handler(parser: FeedbackParser, monitor: LiveMonitor) -> Handler:
-    async def feedback(read_body: BodyReader, params: dict[str, Any]) -> HandlerResult:
+    async def feedback(read_body: BodyReader, params: dict[str, Any], _: bytes) -> HandlerResult:
         try:
             labels = parser.parse(await read_body())
             recorded = await run_in_threadpool(monitor.record_feedback, labels)

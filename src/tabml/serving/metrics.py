@@ -75,6 +75,13 @@ class ServiceMetrics:
             buckets=SCORE_BUCKETS,
             registry=registry,
         )
+        self.explained_rows = Counter(
+            "tabml_explained_rows",
+            "Records explained (/predict?explain=true, OIP parameters.explain): TreeSHAP costs "
+            "some 65 times scoring",
+            ["model_version"],
+            registry=registry,
+        )
         self.positives = Counter(
             "tabml_predicted_positive",
             "Records labelled positive at the threshold",
