@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -37,6 +38,8 @@ from tabml.features import TARGET
 from tabml.model import TrainingResult
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+# How long a failed fit waits for the scheduler to report a worker it lost.
+LOST_WORKER_GRACE_SECONDS = 5.0
 
 
 class DistributedTrainingError(TabmlError, RuntimeError):
@@ -107,7 +110,7 @@ def partitioned_split(
     bounds = np.linspace(0, rows, len(workers) + 1).astype(int)
     xs, ys = [], []
     for worker, start, stop in zip(workers, bounds[:-1], bounds[1:], strict=True):
-        pin = {"workers": [worker], "allow_other_workers": False, "pure": False}
+        pin = {"workers": [worker], "allow_other_workers": False, "pure": True}
         x = client.submit(_read_rows, path, feature_names, int(start), int(stop), **pin)
         y = client.submit(_read_rows, path, [TARGET], int(start), int(stop), **pin)
         n = int(stop - start)
@@ -175,17 +178,18 @@ def train_booster_on_dask(
         dask_params.update(tree_learner="data", time_out=config.network_timeout_minutes)
         model = lgb.DaskLGBMClassifier(client=client, n_estimators=num_boost_round, **dask_params)
         try:
-            model.fit(
-                x,
-                y,
-                feature_name=feature_names,
-                categorical_feature=categorical_features,
-                callbacks=[
-                    _WholeValidationSplit(valid_path, feature_names),
-                    _TrainMetricsFirst(),
-                    lgb.early_stopping(early_stopping_rounds, verbose=False),
-                ],
-            )
+            with dask.config.set(delayed_pure=True):
+                model.fit(
+                    x,
+                    y,
+                    feature_name=feature_names,
+                    categorical_feature=categorical_features,
+                    callbacks=[
+                        _WholeValidationSplit(valid_path, feature_names),
+                        _TrainMetricsFirst(),
+                        lgb.early_stopping(early_stopping_rounds, verbose=False),
+                    ],
+                )
         except Exception as exc:
             raise _explained(client, workers, exc) from exc
     booster = without_socket_addresses(model.booster_)
@@ -219,12 +223,21 @@ def without_socket_addresses(booster: lgb.Booster) -> lgb.Booster:
 def _explained(
     client: distributed.Client, workers: list[str], exc: Exception
 ) -> DistributedTrainingError:
-    """Name what went wrong: a worker that left the cluster, or the error LightGBM raised."""
-    try:
-        remaining = set(client.scheduler_info()["workers"])
-    except (OSError, TimeoutError):
-        remaining = set()
-    lost = [w for w in workers if w not in remaining]
+    """Name what went wrong: a worker that left the cluster, or the error LightGBM raised.
+
+    A killed worker's peers see their LightGBM sockets close at once, possibly before the
+    scheduler has removed it, so the scheduler is asked for a few seconds.
+    """
+    lost: list[str] = []
+    deadline = time.monotonic() + LOST_WORKER_GRACE_SECONDS
+    while not lost and time.monotonic() < deadline:
+        try:
+            remaining = set(client.scheduler_info()["workers"])
+        except (OSError, TimeoutError):
+            remaining = set()
+        lost = [w for w in workers if w not in remaining]
+        if not lost:
+            time.sleep(0.25)
     cause = f"{type(exc).__name__}: {exc}"
     if lost:
         return DistributedTrainingError(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,22 @@ def _matrix(path: Path, feature_names: list[str]):
 
     columns = read_columns(path)
     return np.column_stack([columns[f] for f in feature_names]), columns[TARGET]
+
+
+def _fix_hash_seed() -> None:
+    """Rerun this process with PYTHONHASHSEED=0 unless a hash seed is set already.
+
+    lightgbm.dask ranks the workers in the iteration order of a set of task keys
+    (`Client.who_has`), which Python's per-process string hashing randomizes; a worker's rank
+    decides which rows the bin boundaries of its share of the features come from, so without a
+    fixed seed two runs on the same cluster build different models (docs/distributed-training.md).
+    """
+    if os.environ.get("PYTHONHASHSEED", "random") != "random":
+        return
+    os.environ["PYTHONHASHSEED"] = "0"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def _fit_locally(
@@ -86,6 +104,8 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params()
+    if params.train.engine == "dask":
+        _fix_hash_seed()
     # Local training works on numpy arrays: spare LightGBM's pandas and scikit-learn imports
     # (~2 s). lightgbm.dask is built on LightGBM's scikit-learn API, so the Dask engine keeps them.
     lean = ("pandas", "sklearn") if params.train.engine == "local" else ()
