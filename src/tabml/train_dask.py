@@ -191,7 +191,10 @@ def train_booster_on_dask(
                     ],
                 )
         except Exception as exc:
-            raise _explained(client, workers, exc) from exc
+            lost = _lost_workers(client, workers)
+            if lost or isinstance(exc, _CLUSTER_FAILURES):
+                raise _explained(lost, exc) from exc
+            raise  # a bug, not the cluster: keep its traceback
     booster = without_socket_addresses(model.booster_)
     per_worker = sorted(set(threads.values()))
     used = {
@@ -220,24 +223,31 @@ def without_socket_addresses(booster: lgb.Booster) -> lgb.Booster:
     return lgb.Booster(model_str=text)
 
 
-def _explained(
-    client: distributed.Client, workers: list[str], exc: Exception
-) -> DistributedTrainingError:
-    """Name what went wrong: a worker that left the cluster, or the error LightGBM raised.
+# What a cluster does to a fit: LightGBM's socket errors, lost connections and timeouts, a task
+# whose workers kept dying.
+_CLUSTER_FAILURES = (lgb.basic.LightGBMError, OSError, TimeoutError, distributed.KilledWorker)
+
+
+def _lost_workers(client: distributed.Client, workers: list[str]) -> list[str]:
+    """The training workers the scheduler no longer has.
 
     A killed worker's peers see their LightGBM sockets close at once, possibly before the
     scheduler has removed it, so the scheduler is asked for a few seconds.
     """
-    lost: list[str] = []
     deadline = time.monotonic() + LOST_WORKER_GRACE_SECONDS
-    while not lost and time.monotonic() < deadline:
+    while True:
         try:
             remaining = set(client.scheduler_info()["workers"])
         except (OSError, TimeoutError):
             remaining = set()
         lost = [w for w in workers if w not in remaining]
-        if not lost:
-            time.sleep(0.25)
+        if lost or time.monotonic() >= deadline:
+            return lost
+        time.sleep(0.25)
+
+
+def _explained(lost: list[str], exc: Exception) -> DistributedTrainingError:
+    """Name what went wrong: a worker that left the cluster, or the error the fit raised."""
     cause = f"{type(exc).__name__}: {exc}"
     if lost:
         return DistributedTrainingError(
