@@ -68,10 +68,27 @@ class FeaturesConfig(_Section):
     derived: list[str]
 
 
+class DaskConfig(_Section):
+    """Where and how `train.engine=dask` trains (see `tabml.train_dask`)."""
+
+    # An existing scheduler (tcp://host:8786); None: DASK_SCHEDULER_ADDRESS, else a LocalCluster.
+    scheduler: str | None = None
+    # The LocalCluster's shape: one LightGBM process per worker, `threads_per_worker` threads each.
+    n_workers: int = Field(ge=1)
+    threads_per_worker: int = Field(ge=1)
+    # LightGBM's `time_out`: minutes a worker's socket waits for its peers before failing.
+    network_timeout_minutes: int = Field(ge=1)
+    # Connecting to the scheduler and waiting for its first worker.
+    connect_timeout_seconds: float = Field(gt=0)
+
+
 class TrainConfig(_Section):
     num_boost_round: int = Field(ge=1)
     early_stopping_rounds: int = Field(ge=1)
     num_threads: int = Field(ge=1)
+    # `local`: lgb.train in this process; `dask`: lightgbm.dask on a Dask cluster.
+    engine: Literal["local", "dask"]
+    dask: DaskConfig
 
 
 class DecisionConfig(_Section):

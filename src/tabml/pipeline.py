@@ -147,11 +147,35 @@ def reproduce(force: bool = False) -> ReproResult:
         try:
             stages = repo.reproduce(force=force)
         except ReproductionError as exc:
+            restore_missing_outputs(repo)
             raise StageFailedError(f"{exc} ({exc.__cause__})") from None
     result = ReproResult(stages_run=[stage.addressing for stage in stages])
     if METRICS_FILE.exists():
         result.metrics = json.loads(METRICS_FILE.read_text())
     return result
+
+
+def restore_missing_outputs(repo: Any) -> list[str]:
+    """Put back, from the DVC cache, the outputs dvc.lock records that are missing.
+
+    DVC deletes a stage's outputs before it runs the command; when the command then fails (a
+    Dask worker lost mid-training, say), the last good model would be gone although dvc.lock
+    still names it. Only missing files are restored: nothing a run wrote is overwritten.
+    """
+    from dvc.exceptions import DvcException
+
+    missing = [
+        str(out)
+        for stage in repo.index.stages
+        for out in stage.outs
+        if out.use_cache and not out.exists
+    ]
+    if missing:
+        try:
+            repo.checkout(targets=missing)
+        except DvcException as exc:
+            log.warning("could not restore %s from the DVC cache: %s", ", ".join(missing), exc)
+    return missing
 
 
 def push() -> str:
