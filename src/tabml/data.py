@@ -79,31 +79,91 @@ def fetch_pinned(dataset: DatasetConfig, dest: Path) -> list[Path]:
     return written
 
 
-class FieldCountError(TabmlError, ValueError):
-    """A raw line has the wrong number of fields (truncated file or a missing column)."""
+class RawFormatError(TabmlError, ValueError):
+    """A raw file is not in the raw format: not UTF-8, empty, or with header rows."""
 
 
-def check_field_counts(path: Path, contract: DataContract, skip_rows: int) -> None:
-    """Reject lines with too few or too many fields before pandas pads them with NaN."""
+class FieldCountError(RawFormatError):
+    """A raw line has the wrong number of fields (truncated file, missing or extra column, or
+    the wrong separator)."""
+
+
+#: Separators a file in the wrong format is likely to use; named in the error as a hint.
+OTHER_SEPARATORS = (",", ";", "\t", "|")
+MAX_LISTED_LINES = 5
+
+
+def _header_key(name: str) -> str:
+    """`education-num`, `Education_Num` and `education num` all name one column."""
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def _field_count_error(path: Path, line_no: int, line: str, contract: DataContract) -> str:
+    expected, separator = len(contract.raw_names), contract.separator
+    found = line.count(separator) + 1
+    hint = "extra column?" if found > expected else "truncated line or missing column?"
+    for other in OTHER_SEPARATORS:
+        if other != separator and line.count(other) + 1 == expected:
+            hint = f"wrong separator? it has {expected} fields when split on {other!r}"
+            break
+    return (
+        f"{path} line {line_no}: expected {expected} fields separated by {separator!r}, found "
+        f"{found} ({hint}): {line.rstrip()[:120]!r}"
+    )
+
+
+def check_raw_lines(path: Path, contract: DataContract, skip_rows: int) -> int:
+    """Check a raw file's structure before pandas parses it; return its number of data lines.
+
+    pandas would decode bad bytes with a traceback, pad short lines with NaN, and take a header
+    row for data (then report every column's dtype at that line): each of these is reported here
+    instead, by line. A file without data rows is an error too: zero rows pass every per-row
+    rule, and the stages after validate cannot work on them.
+    """
     expected = len(contract.raw_names)
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if line_no <= skip_rows or not line.strip():
+    header = [_header_key(name) for name in contract.raw_names]
+    header_lines: list[int] = []
+    data_lines = 0
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if line_no <= skip_rows:
                 continue
-            found = line.rstrip("\n").count(contract.separator) + 1
-            if found != expected:
-                raise FieldCountError(
-                    f"{path} line {line_no}: expected {expected} fields separated by "
-                    f"{contract.separator!r}, found {found} (truncated line or missing column?): "
-                    f"{line.rstrip()[:120]!r}"
-                )
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise RawFormatError(
+                    f"{path} line {line_no}: not UTF-8 (byte {raw[exc.start]:#04x} at character "
+                    f"{exc.start + 1}); raw files must be UTF-8 text"
+                ) from None
+            if not line.strip():
+                continue
+            fields = line.split(contract.separator)
+            if len(fields) == expected:
+                named = sum(_header_key(f) == h for f, h in zip(fields, header, strict=True))
+                if 2 * named >= expected:
+                    header_lines.append(line_no)
+                    continue
+            else:
+                raise FieldCountError(_field_count_error(path, line_no, line, contract))
+            data_lines += 1
+    listed = ", ".join(str(n) for n in header_lines[:MAX_LISTED_LINES])
+    if data_lines == 0:
+        what = f"only a header row (line {listed})" if header_lines else "an empty file"
+        raise RawFormatError(f"{path}: no data rows ({what}); a raw file needs at least one")
+    if header_lines:
+        raise RawFormatError(
+            f"{path}: {len(header_lines)} header row(s) (the column names) among the data, "
+            f"line {listed}; raw files have no header (files concatenated with their "
+            "headers?): remove them"
+        )
+    return data_lines
 
 
 def read_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFrame:
     """Parse a raw file into strings (missing marker → NA); the index is the 1-based file line."""
     import pandas as pd
 
-    check_field_counts(path, contract, skip_rows)
+    check_raw_lines(path, contract, skip_rows)
     frame = pd.read_csv(
         path,
         sep=contract.separator,
@@ -145,3 +205,8 @@ def pinned_dir_md5(dvc_file: Path) -> str:
 
     (out,) = yaml.safe_load(Path(dvc_file).read_text())["outs"]
     return str(out["md5"]).removesuffix(".dir")
+
+
+def data_version_pending(data_dir: Path, dvc_file: Path) -> bool:
+    """data/ differs from the version `dvc_file` pins: a new data version, not yet recorded."""
+    return Path(data_dir).is_dir() and dir_md5(data_dir) != pinned_dir_md5(dvc_file)
