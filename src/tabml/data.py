@@ -131,9 +131,11 @@ def check_raw_lines(path: Path, contract: DataContract, skip_rows: int) -> int:
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
+                field = raw[: exc.start].count(contract.separator.encode())
+                where = f"column {contract.raw_names[field]!r}, " if field < expected else ""
                 raise RawFormatError(
-                    f"{path} line {line_no}: not UTF-8 (byte {raw[exc.start]:#04x} at character "
-                    f"{exc.start + 1}); raw files must be UTF-8 text"
+                    f"{path} line {line_no}: not UTF-8 ({where}byte {raw[exc.start]:#04x} at "
+                    f"position {exc.start + 1}); raw files must be UTF-8 text"
                 ) from None
             if not line.strip():
                 continue
@@ -148,7 +150,7 @@ def check_raw_lines(path: Path, contract: DataContract, skip_rows: int) -> int:
             data_lines += 1
     listed = ", ".join(str(n) for n in header_lines[:MAX_LISTED_LINES])
     if data_lines == 0:
-        what = f"only a header row (line {listed})" if header_lines else "an empty file"
+        what = f"only a header row, line {listed}" if header_lines else "an empty file"
         raise RawFormatError(f"{path}: no data rows ({what}); a raw file needs at least one")
     if header_lines:
         raise RawFormatError(

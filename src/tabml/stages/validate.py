@@ -38,15 +38,18 @@ def _sources(data: Path, params: Params) -> dict[str, list[tuple[str, int]]]:
     return sources
 
 
-def _label_problem(frame: pd.DataFrame, contract: DataContract, split: str) -> str | None:
+def _label_problem(
+    frame: pd.DataFrame, contract: DataContract, split: str, paths: list[str]
+) -> str | None:
     """A split with one label value passes every row rule, but no model or ROC AUC comes of it."""
     label = contract.label
     present = sorted(frame[label.column].unique())
     if len(present) > 1:
         return None
     return (
-        f"{split} split: every one of its {len(frame)} rows has {label.column} {present[0]!r}; "
-        f"it needs both {label.negative!r} and {label.positive!r} rows"
+        f"{split} split ({', '.join(paths)}): every one of its {len(frame)} rows has "
+        f"{label.column} {present[0]!r}; it needs both {label.negative!r} and "
+        f"{label.positive!r} rows"
     )
 
 
@@ -91,7 +94,7 @@ def main() -> None:
         if len(frames) != len(files):
             continue
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        problem = _label_problem(frame, contract, split)
+        problem = _label_problem(frame, contract, split, [str(args.data / n) for n, _ in files])
         if problem:
             failures.append(problem)
             continue
