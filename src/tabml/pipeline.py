@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tabml.atomic import write_text_atomic, write_with
 from tabml.config import PARAMS_FILE, Params, load_params, parse_params
@@ -95,7 +95,14 @@ def compose_params(
     return params, changed
 
 
-def ensure_data(params: Params, data_dir: Path = DATA_DIR, dvc_file: Path = DATA_DVC) -> str:
+class DataState(NamedTuple):
+    #: How data/ was obtained ("workspace": it was there already).
+    source: str
+    #: data/ differs from data.dvc: a new data version, validated before it is recorded.
+    new_version: bool = False
+
+
+def ensure_data(params: Params, data_dir: Path = DATA_DIR, dvc_file: Path = DATA_DVC) -> DataState:
     """Make sure data/ exists: keep it, `dvc pull` it, or fetch the pinned source.
 
     Obtained data must match data.dvc exactly. Data already in the workspace that differs from
@@ -107,13 +114,15 @@ def ensure_data(params: Params, data_dir: Path = DATA_DIR, dvc_file: Path = DATA
     if all((data_dir / name).is_file() for name in names):
         actual = dir_md5(data_dir)
         if actual != expected:
-            return f"workspace (new data version: md5 {actual}, {dvc_file} pinned {expected})"
-        return "workspace"
+            return DataState(
+                f"workspace (new data version: md5 {actual}, {dvc_file} pinned {expected})", True
+            )
+        return DataState("workspace")
     source = _pull_or_fetch(params, data_dir, dvc_file)
     actual = dir_md5(data_dir)
     if actual != expected:
         raise DataIntegrityError(f"data/ {source} has md5 {actual}, but {dvc_file} pins {expected}")
-    return source
+    return DataState(source)
 
 
 def _pull_or_fetch(params: Params, data_dir: Path, dvc_file: Path) -> str:
@@ -195,17 +204,20 @@ def _validate_new_data_version(repo: Any) -> list[str]:
     return [stage.addressing for stage in stages]
 
 
-def reproduce(force: bool = False) -> ReproResult:
+def reproduce(force: bool = False, new_data_version: bool | None = None) -> ReproResult:
     """`dvc repro` in-process (no second interpreter start-up); returns the stages that ran.
 
-    A new data version is validated before DVC records it (`_validate_new_data_version`).
+    A new data version (`ensure_data` says whether data/ is one; None: find out) is validated
+    before DVC records it (`_validate_new_data_version`).
     """
     from dvc.exceptions import ReproductionError
     from dvc.repo import Repo
 
+    if new_data_version is None:
+        new_data_version = data_version_pending(DATA_DIR, DATA_DVC)
     use_this_interpreter()
     with Repo() as repo:
-        ran = _validate_new_data_version(repo) if data_version_pending(DATA_DIR, DATA_DVC) else []
+        ran = _validate_new_data_version(repo) if new_data_version else []
         try:
             stages = repo.reproduce(force=force)
         except ReproductionError as exc:
