@@ -198,8 +198,8 @@ def _validate_new_data_version(repo: Any) -> list[str]:
             _write_bytes(VALIDATION_REFERENCE, previous)
         raise StageFailedError(
             f"{exc} ({exc.__cause__}); data/ was not recorded as a data version: {DATA_DVC} "
-            f"still pins md5 {pinned_dir_md5(DATA_DVC)} (`dvc checkout {DATA_DVC}` restores "
-            "that data)"
+            f"still pins md5 {pinned_dir_md5(DATA_DVC)} (`dvc checkout --force {DATA_DVC}` "
+            "restores that data)"
         ) from None
     return [stage.addressing for stage in stages]
 
