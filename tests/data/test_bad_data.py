@@ -17,6 +17,9 @@ import pytest
 import yaml
 from tests.conftest import PYTHON, REPO_ROOT, command_env, run
 
+# The fixture brings the checkout's pipeline outputs up to date (on a fresh clone: a full run).
+pytestmark = pytest.mark.slow
+
 RAW = "adult.data"
 SEPARATOR = ", "
 
