@@ -46,6 +46,14 @@ class DatasetConfig(DataContract):
         return DataContract.model_validate(self.model_dump(include=set(DataContract.model_fields)))
 
 
+class ValidationConfig(_Section):
+    """What the validate stage does beyond the contract (see conf/config.yaml)."""
+
+    #: A raw file whose feature distribution shifts sharply from the reference profile:
+    #: `warn` reports it, `fail` fails the stage (the data version is not recorded).
+    distribution_shift: Literal["warn", "fail"] = "warn"
+
+
 class ModelConfig(_Section):
     """LightGBM booster parameters; names follow LightGBM's documentation."""
 
@@ -185,6 +193,7 @@ class LoopConfig(_Section):
 class Params(_Section):
     seed: int
     dataset: DatasetConfig
+    validation: ValidationConfig = ValidationConfig()
     model: ModelConfig
     split: SplitConfig
     features: FeaturesConfig

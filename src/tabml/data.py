@@ -79,31 +79,111 @@ def fetch_pinned(dataset: DatasetConfig, dest: Path) -> list[Path]:
     return written
 
 
-class FieldCountError(TabmlError, ValueError):
-    """A raw line has the wrong number of fields (truncated file or a missing column)."""
+class RawFormatError(TabmlError, ValueError):
+    """A raw file is not in the raw format: not UTF-8, empty, or with header rows."""
 
 
-def check_field_counts(path: Path, contract: DataContract, skip_rows: int) -> None:
-    """Reject lines with too few or too many fields before pandas pads them with NaN."""
+class FieldCountError(RawFormatError):
+    """A raw line has the wrong number of fields (truncated file, missing or extra column, or
+    the wrong separator)."""
+
+
+#: Separators a file in the wrong format is likely to use; named in the error as a hint.
+OTHER_SEPARATORS = (",", ";", "\t", "|")
+MAX_LISTED_LINES = 5
+
+
+def _header_keys(line: str, separator: str) -> list[str]:
+    """`education-num` and `Education_Num` name one column: lower case, `-` as `_`."""
+    return line.lower().replace("-", "_").split(separator)
+
+
+def _field_count_error(path: Path, line_no: int, line: str, contract: DataContract) -> str:
+    expected, separator = len(contract.raw_names), contract.separator
+    found = line.count(separator) + 1
+    hint = "extra column?" if found > expected else "truncated line or missing column?"
+    for other in OTHER_SEPARATORS:
+        if other != separator and line.count(other) + 1 == expected:
+            hint = f"wrong separator? it has {expected} fields when split on {other!r}"
+            break
+    return (
+        f"{path} line {line_no}: expected {expected} fields separated by {separator!r}, found "
+        f"{found} ({hint}): {line.rstrip()[:120]!r}"
+    )
+
+
+def _decode(path: Path, payload: bytes, skip_rows: int, contract: DataContract) -> str:
+    """The text after the skipped lines, or a RawFormatError naming the line and column of the
+    first byte that is not UTF-8."""
+    start = 0
+    for _ in range(skip_rows):
+        start = payload.find(b"\n", start) + 1 or len(payload)
+    try:
+        return payload[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = start + exc.start
+        line_start = payload.rfind(b"\n", 0, at) + 1
+        line_no = payload.count(b"\n", 0, at) + 1
+        field = payload.count(contract.separator.encode(), line_start, at)
+        names = contract.raw_names
+        where = f"column {names[field]!r}, " if field < len(names) else ""
+        raise RawFormatError(
+            f"{path} line {line_no}: not UTF-8 ({where}byte {payload[at]:#04x} at position "
+            f"{at - line_start + 1}); raw files must be UTF-8 text"
+        ) from None
+
+
+def check_raw_lines(path: Path, contract: DataContract, skip_rows: int) -> int:
+    """Check a raw file's structure before pandas parses it; return its number of data lines.
+
+    pandas would decode bad bytes with a traceback, pad short lines with NaN, and take a header
+    row for data (then report every column's dtype at that line): each of these is reported here
+    instead, by line. A file without data rows is an error too: zero rows pass every per-row
+    rule, and the stages after validate cannot work on them. A line counts as a header when at
+    least half its fields are column names; lines are only compared with the names when at
+    least half of the names occur in the file at all (a few substring searches of the whole
+    text), which keeps the check at the cost of counting fields (bench/validate_benchmark.py).
+    """
+    separator = contract.separator
     expected = len(contract.raw_names)
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if line_no <= skip_rows or not line.strip():
-                continue
-            found = line.rstrip("\n").count(contract.separator) + 1
-            if found != expected:
-                raise FieldCountError(
-                    f"{path} line {line_no}: expected {expected} fields separated by "
-                    f"{contract.separator!r}, found {found} (truncated line or missing column?): "
-                    f"{line.rstrip()[:120]!r}"
-                )
+    header = set(_header_keys(separator.join(contract.raw_names), separator))
+    text = _decode(path, Path(path).read_bytes(), skip_rows, contract)
+    normalised = text.lower().replace("-", "_")
+    look_for_headers = 2 * sum(name in normalised for name in header) >= expected
+    header_lines: list[int] = []
+    data_lines = 0
+    for line_no, line in enumerate(text.split("\n"), start=skip_rows + 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        if line.count(separator) + 1 != expected:
+            raise FieldCountError(_field_count_error(path, line_no, line, contract))
+        is_header = (
+            look_for_headers
+            and 2 * len(header.intersection(_header_keys(line, separator))) >= expected
+        )
+        if is_header:
+            header_lines.append(line_no)
+        else:
+            data_lines += 1
+    listed = ", ".join(str(n) for n in header_lines[:MAX_LISTED_LINES])
+    if data_lines == 0:
+        what = f"only a header row, line {listed}" if header_lines else "an empty file"
+        raise RawFormatError(f"{path}: no data rows ({what}); a raw file needs at least one")
+    if header_lines:
+        raise RawFormatError(
+            f"{path}: {len(header_lines)} header row(s) (the column names) among the data, "
+            f"line {listed}; raw files have no header (files concatenated with their "
+            "headers?): remove them"
+        )
+    return data_lines
 
 
 def read_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFrame:
     """Parse a raw file into strings (missing marker → NA); the index is the 1-based file line."""
     import pandas as pd
 
-    check_field_counts(path, contract, skip_rows)
+    check_raw_lines(path, contract, skip_rows)
     frame = pd.read_csv(
         path,
         sep=contract.separator,
@@ -145,3 +225,8 @@ def pinned_dir_md5(dvc_file: Path) -> str:
 
     (out,) = yaml.safe_load(Path(dvc_file).read_text())["outs"]
     return str(out["md5"]).removesuffix(".dir")
+
+
+def data_version_pending(data_dir: Path, dvc_file: Path) -> bool:
+    """data/ differs from the version `dvc_file` pins: a new data version, not yet recorded."""
+    return Path(data_dir).is_dir() and dir_md5(data_dir) != pinned_dir_md5(dvc_file)

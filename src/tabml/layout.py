@@ -26,9 +26,14 @@ PROFILE_FILE = "reference_profile.json"
 # What the service loads and verifies against dvc.lock (and the image carries).
 SERVING_FILES = (*ARTIFACT_FILES, PROFILE_FILE)
 
+# What the validate stage compares raw files with: a git-tracked copy of the profile of the model
+# trained on the previous data version (see tabml.pipeline.refresh_validation_reference).
+VALIDATION_REFERENCE = Path("reference") / "profile.json"
+
 REPORTS_DIR = Path("reports")
 METRICS_FILE = REPORTS_DIR / "metrics.json"
 CURVES_FILE = REPORTS_DIR / "training_curve.json"
+VALIDATION_REPORT = REPORTS_DIR / "data_validation.json"
 PLOTS_DIR = REPORTS_DIR / "plots"
 
 # The stage that writes the model (its outputs identify a model in dvc.lock).

@@ -13,12 +13,22 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from tabml.atomic import write_text_atomic
+from tabml.atomic import write_text_atomic, write_with
 from tabml.config import PARAMS_FILE, Params, load_params, parse_params
-from tabml.data import DataIntegrityError, dir_md5, fetch_pinned, file_md5, pinned_dir_md5
+from tabml.data import (
+    DataIntegrityError,
+    data_version_pending,
+    dir_md5,
+    fetch_pinned,
+    file_md5,
+    pinned_dir_md5,
+)
+from tabml.layout import MODELS_DIR, PROFILE_FILE, VALIDATION_REFERENCE
+from tabml.lockfile import locked_md5
 
 log = logging.getLogger(__name__)
 
@@ -85,24 +95,34 @@ def compose_params(
     return params, changed
 
 
-def ensure_data(params: Params, data_dir: Path = DATA_DIR, dvc_file: Path = DATA_DVC) -> str:
+class DataState(NamedTuple):
+    #: How data/ was obtained ("workspace": it was there already).
+    source: str
+    #: data/ differs from data.dvc: a new data version, validated before it is recorded.
+    new_version: bool = False
+
+
+def ensure_data(params: Params, data_dir: Path = DATA_DIR, dvc_file: Path = DATA_DVC) -> DataState:
     """Make sure data/ exists: keep it, `dvc pull` it, or fetch the pinned source.
 
     Obtained data must match data.dvc exactly. Data already in the workspace that differs from
-    data.dvc is a new data version: like `dvc repro`, the run records it in data.dvc.
+    data.dvc is a new data version: `reproduce` validates it, and records it in data.dvc only
+    if it passes.
     """
     expected = pinned_dir_md5(dvc_file)
     names = [spec.name for spec in params.dataset.files.values()]
     if all((data_dir / name).is_file() for name in names):
         actual = dir_md5(data_dir)
         if actual != expected:
-            return f"workspace (new data version: md5 {actual}, {dvc_file} pinned {expected})"
-        return "workspace"
+            return DataState(
+                f"workspace (new data version: md5 {actual}, {dvc_file} pinned {expected})", True
+            )
+        return DataState("workspace")
     source = _pull_or_fetch(params, data_dir, dvc_file)
     actual = dir_md5(data_dir)
     if actual != expected:
         raise DataIntegrityError(f"data/ {source} has md5 {actual}, but {dvc_file} pins {expected}")
-    return source
+    return DataState(source)
 
 
 def _pull_or_fetch(params: Params, data_dir: Path, dvc_file: Path) -> str:
@@ -137,19 +157,74 @@ def use_this_interpreter() -> None:
         os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
 
 
-def reproduce(force: bool = False) -> ReproResult:
-    """`dvc repro` in-process (no second interpreter start-up); returns the stages that ran."""
+def _write_bytes(path: Path, data: bytes) -> None:
+    write_with(path, partial(Path.write_bytes, data=data))
+
+
+def refresh_validation_reference(reference: Path = VALIDATION_REFERENCE) -> bytes | None:
+    """Make the validate stage's reference the profile of the workspace model; return what the
+    reference held before (None when unchanged).
+
+    Only a profile that dvc.lock pins counts: it belongs to the model the pipeline last built,
+    trained on the data version data.dvc pins, which is what a new version should resemble.
+    """
+    profile = MODELS_DIR / PROFILE_FILE
+    if not profile.is_file() or file_md5(profile) != locked_md5(profile.as_posix()):
+        return None
+    previous = reference.read_bytes() if reference.is_file() else b""
+    current = profile.read_bytes()
+    if current == previous:
+        return None
+    _write_bytes(reference, current)
+    return previous
+
+
+def _validate_new_data_version(repo: Any) -> list[str]:
+    """Run the validate stage on its own before DVC may record a new data/ in data.dvc.
+
+    `dvc repro` verifies data sources first: it records a changed data/ in data.dvc before any
+    stage runs, so a file that then fails validation would already be the workspace's data
+    version. Reproducing `validate` alone (single_item) leaves data.dvc as it is; only when it
+    passes does the full `dvc repro` record the new version. A failure restores the previous
+    reference, so the workspace differs from before the run only by the data/ it was given.
+    """
+    from dvc.exceptions import ReproductionError
+
+    previous = refresh_validation_reference()
+    try:
+        stages = repo.reproduce("validate", single_item=True)
+    except ReproductionError as exc:
+        if previous is not None:
+            _write_bytes(VALIDATION_REFERENCE, previous)
+        raise StageFailedError(
+            f"{exc} ({exc.__cause__}); data/ was not recorded as a data version: {DATA_DVC} "
+            f"still pins md5 {pinned_dir_md5(DATA_DVC)} (`dvc checkout --force {DATA_DVC}` "
+            "restores that data)"
+        ) from None
+    return [stage.addressing for stage in stages]
+
+
+def reproduce(force: bool = False, new_data_version: bool | None = None) -> ReproResult:
+    """`dvc repro` in-process (no second interpreter start-up); returns the stages that ran.
+
+    A new data version (`ensure_data` says whether data/ is one; None: find out) is validated
+    before DVC records it (`_validate_new_data_version`).
+    """
     from dvc.exceptions import ReproductionError
     from dvc.repo import Repo
 
+    if new_data_version is None:
+        new_data_version = data_version_pending(DATA_DIR, DATA_DVC)
     use_this_interpreter()
     with Repo() as repo:
+        ran = _validate_new_data_version(repo) if new_data_version else []
         try:
             stages = repo.reproduce(force=force)
         except ReproductionError as exc:
             restore_missing_outputs(repo)
             raise StageFailedError(f"{exc} ({exc.__cause__})") from None
-    result = ReproResult(stages_run=[stage.addressing for stage in stages])
+    ran += [stage.addressing for stage in stages if stage.addressing not in ran]
+    result = ReproResult(stages_run=ran)
     if METRICS_FILE.exists():
         result.metrics = json.loads(METRICS_FILE.read_text())
     return result

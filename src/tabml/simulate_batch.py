@@ -2,8 +2,8 @@
 
 The Adult data has no later releases, so a "new batch" here is a seeded sample of existing
 training lines appended to `data/adult.data`. That is enough to exercise the data-versioning
-workflow end to end: the next `python src/train.py` records the new data version in data.dvc and
-retrains; committing data.dvc and dvc.lock versions both, and `git checkout <commit>` +
+workflow end to end: the next `python src/train.py` validates the new data version, records it in
+data.dvc and retrains; committing data.dvc and dvc.lock versions both, and `git checkout <commit>` +
 `dvc checkout` returns to any earlier version exactly.
 
 usage: python -m tabml.simulate_batch [--rows 1000] [--seed 1] [--file data/adult.data]
@@ -40,7 +40,7 @@ def main() -> None:
     total = append_batch(args.file, args.rows, args.seed)
     print(
         f"appended {args.rows} rows to {args.file} ({total} rows now); "
-        "run `python src/train.py` to record the new data version and retrain"
+        "run `python src/train.py` to validate and record the new data version and retrain"
     )
 
 

@@ -91,12 +91,12 @@ def main(argv: list[str], usage: str | None = None) -> int:
         updated = update_dvc_yaml()
         if updated:
             print(f"dvc.yaml: code deps of {', '.join(updated)} updated from their imports")
-        source = pipeline.ensure_data(params)
-        if source != "workspace":
-            print(f"data: {source}")
+        data = pipeline.ensure_data(params)
+        if data.source != "workspace":
+            print(f"data: {data.source}")
         preloader = Preloader(resolve_tracking_uri(params.tracking.uri), params.tracking.experiment)
         try:
-            result = pipeline.reproduce(force=args.force)
+            result = pipeline.reproduce(force=args.force, new_data_version=data.new_version)
         finally:
             stages_done = time.perf_counter()
             preloader.cancel()
@@ -108,7 +108,7 @@ def main(argv: list[str], usage: str | None = None) -> int:
         return 1
     pipeline.print_summary(result)
     status = _track(params, stages_done, promote=not args.no_promote)
-    if not args.no_push and (result.stages_run or source != "workspace"):
+    if not args.no_push and (result.stages_run or data.source != "workspace"):
         print(pipeline.push())
     return status
 

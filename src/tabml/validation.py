@@ -45,7 +45,7 @@ def build_schema(contract: DataContract) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, strict=True, ordered=True, name=contract.name)
 
 
-def _describe(errors: SchemaErrors, source: str) -> str:
+def _describe(errors: SchemaErrors, source: str, rows: int) -> str:
     cases = errors.failure_cases
     # A value that cannot be coerced also fails the dtype and range checks of its column;
     # report it once, under the coercion rule that names its line.
@@ -57,15 +57,21 @@ def _describe(errors: SchemaErrors, source: str) -> str:
     lines = [f"{source}: {len(cases)} contract violation(s)"]
     for (column, check), group in cases.groupby(["column", "check"], sort=True, dropna=False):
         examples = ", ".join(
-            f"line {int(idx)}: {val!r}" if pd.notna(idx) else repr(val)
+            f"line {int(idx)}: {_shown(val)}" if pd.notna(idx) else _shown(val)
             for idx, val in zip(
                 group["index"].head(MAX_EXAMPLES),
                 group["failure_case"].head(MAX_EXAMPLES),
                 strict=True,
             )
         )
-        lines.append(f"  column {column!r} rule {check!r}: {len(group)} row(s), e.g. {examples}")
+        # A column that fails on every row (all missing, say) is one fault, not many.
+        count = f"all {rows} rows" if rows > 1 and len(group) == rows else f"{len(group)} row(s)"
+        lines.append(f"  column {column!r} rule {check!r}: {count}, e.g. {examples}")
     return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    return "missing" if pd.isna(value) else repr(value)
 
 
 def validate_raw(frame: pd.DataFrame, contract: DataContract, source: str) -> pd.DataFrame:
@@ -73,7 +79,7 @@ def validate_raw(frame: pd.DataFrame, contract: DataContract, source: str) -> pd
     try:
         return build_schema(contract).validate(frame, lazy=True)
     except SchemaErrors as exc:
-        raise DataContractError(_describe(exc, source)) from None
+        raise DataContractError(_describe(exc, source, len(frame))) from None
 
 
 def keep_valid_rows(
@@ -91,7 +97,7 @@ def keep_valid_rows(
     except SchemaErrors as exc:
         cases = exc.failure_cases
         if cases["index"].isna().any():
-            raise DataContractError(_describe(exc, source)) from None
+            raise DataContractError(_describe(exc, source, len(frame))) from None
         problems: dict[Any, str] = {}
         for idx, column, check, value in zip(
             cases["index"], cases["column"], cases["check"], cases["failure_case"], strict=True

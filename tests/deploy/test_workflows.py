@@ -182,7 +182,14 @@ def test_model_workflow_retrains_and_reports_against_the_base_branch() -> None:
     model = load(REPO_ROOT / ".github" / "workflows" / "model.yml")
     # PyYAML reads the key `on` as True (YAML 1.1).
     trigger = model[True]["pull_request"]["paths"]
-    assert set(trigger) == {"conf/**", "data.dvc", "dvc.yaml", "params.yaml", "src/**"}
+    assert set(trigger) == {
+        "conf/**",
+        "data.dvc",
+        "dvc.yaml",
+        "params.yaml",
+        "reference/**",
+        "src/**",
+    }
     (job,) = model["jobs"].values()
     checkout = next(
         s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout")

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from tests.conftest import PYTHON, dvc, run, train
 
+from tabml.data import dir_md5, pinned_dir_md5
+
 pytestmark = pytest.mark.slow
 
 MODEL_FILES = ("contract.json", "feature_transform.json", "model.txt", "model_metadata.json")
@@ -27,8 +29,11 @@ def stages_run(output: str) -> list[str]:
 
 
 def snapshot(repo: Path) -> dict[str, bytes]:
+    """What a failed run must leave as it was: the model, the lock, the recorded data version
+    (data.dvc), the validation report and its reference."""
     files = [repo / "models" / name for name in MODEL_FILES]
-    files += [repo / "dvc.lock", repo / "reports" / "metrics.json"]
+    files += [repo / "dvc.lock", repo / "data.dvc", repo / "reports" / "metrics.json"]
+    files += [repo / "reports" / "data_validation.json", repo / "reference" / "profile.json"]
     return {str(path.relative_to(repo)): path.read_bytes() for path in files}
 
 
@@ -101,6 +106,15 @@ CORRUPTIONS = {
         ["column 'income'", "isin", "line 20: 'maybe'"],
     ),
     "truncated mid-line": (_truncate_mid_line, ["line 32561", "expected 15 fields"]),
+    "empty file": (lambda t: "", ["no data rows (an empty file)"]),
+    "header-only file": (
+        lambda t: (
+            "age, workclass, fnlwgt, education, education-num, marital-status, "
+            "occupation, relationship, race, sex, capital-gain, capital-loss, hours-per-week, "
+            "native-country, income\n"
+        ),
+        ["no data rows (only a header row, line 1)"],
+    ),
 }
 
 
@@ -119,6 +133,55 @@ def test_corrupt_data_fails_validation_and_keeps_previous_outputs(
     assert "stage validate failed: data/adult.data" in result.stderr
     for fragment in expected_fragments:
         assert fragment in result.stderr, (fragment, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "data/ was not recorded as a data version: data.dvc still pins" in result.stderr
+    assert "Running stage 'prepare'" not in result.stdout
+    assert snapshot(repo_copy) == before
+
+
+def test_a_file_that_fails_validation_never_becomes_the_data_version(repo_copy: Path) -> None:
+    """The new user's report: an empty adult.data passed validate, crashed prepare with a
+    TypeError, and data.dvc already pointed at it. Now data.dvc moves only to validated data,
+    the reference the check used is put back, and `dvc checkout` restores the last good data."""
+    reference = repo_copy / "reference" / "profile.json"
+    # A reference older than the workspace model's profile: the run refreshes it, then restores.
+    reference.write_text(json.dumps(json.loads(reference.read_text()), indent=1))
+    run(["git", "commit", "--quiet", "-am", "older reference"], cwd=repo_copy)
+    dvc(repo_copy, "commit", "--force", "validate")
+    run(["git", "commit", "--quiet", "-am", "validated against it"], cwd=repo_copy)
+    (repo_copy / "data" / "adult.data").write_text("")
+    before = snapshot(repo_copy)
+    status_before = dvc(repo_copy, "status", "--json").stdout
+
+    failed = train(repo_copy, check=False)
+
+    assert failed.returncode == 1
+    assert "data/adult.data: no data rows (an empty file)" in failed.stderr
+    assert "TypeError" not in failed.stderr and "Running stage 'prepare'" not in failed.stdout
+    assert snapshot(repo_copy) == before
+    assert dvc(repo_copy, "status", "--json").stdout == status_before
+    assert run(["git", "status", "--porcelain"], cwd=repo_copy).stdout == ""
+
+    dvc(repo_copy, "checkout", "--force", "data.dvc")
+    assert json.loads(dvc(repo_copy, "status", "--json").stdout) == {}
+    assert snapshot(repo_copy) == before
+    assert stages_run(train(repo_copy).stdout) == []
+
+
+def test_a_sharply_shifted_batch_fails_with_the_fail_setting(repo_copy: Path) -> None:
+    batches = repo_copy / "data" / "batches"
+    batches.mkdir()
+    lines = (repo_copy / "data" / "adult.data").read_text().splitlines(keepends=True)[:1000]
+    ages_and_rest = [line.split(", ", 1) for line in lines]
+    older = [f"{min(int(age) + 30, 100)}, {rest}" for age, rest in ages_and_rest]
+    (batches / "older.data").write_text("".join(older))
+    before = snapshot(repo_copy)
+
+    failed = train(repo_copy, "validation.distribution_shift=fail", check=False)
+
+    assert failed.returncode == 1
+    assert "data/batches/older.data: column 'age' PSI" in failed.stderr
+    assert "(validation.distribution_shift: fail)" in failed.stderr
     assert snapshot(repo_copy) == before
 
 
@@ -210,10 +273,14 @@ def test_a_labelled_batch_extends_the_training_split_and_never_the_holdout(
     (batches / "feedback-1.data").write_text("".join(lines))
     result = train(repo_copy)
     assert "new data version" in result.stdout
-    assert stages_run(result.stdout)[:3] == ["data.dvc", "validate", "prepare"]
+    # Validated before DVC records it in data.dvc.
+    assert stages_run(result.stdout)[:3] == ["validate", "data.dvc", "prepare"]
+    assert pinned_dir_md5(repo_copy / "data.dvc") == dir_md5(repo_copy / "data")
     report = json.loads((repo_copy / "reports" / "data_validation.json").read_text())
     assert report["train"]["rows"] == 32561 + 300
     assert report["train"]["batches"] == ["batches/feedback-1.data"]
+    # 300 rows are profiled against the reference but too few to judge a shift from.
+    assert report["distribution"]["files"]["batches/feedback-1.data"]["judged"] is False
     assert report["test"]["rows"] == 16281
     metrics = json.loads((repo_copy / "reports" / "metrics.json").read_text())["test"]
     assert metrics["rows"] == 16281

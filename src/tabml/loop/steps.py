@@ -24,7 +24,8 @@ from tabml.layout import (
     LOCK_FILE,
     METRICS_FILE,
     PARAMS_FILE,
-    REPORTS_DIR,
+    VALIDATION_REFERENCE,
+    VALIDATION_REPORT,
 )
 
 Say = Callable[[str], None]
@@ -36,7 +37,8 @@ COMMITTED = (
     DVC_YAML,
     METRICS_FILE,
     CURVES_FILE,
-    REPORTS_DIR / "data_validation.json",
+    VALIDATION_REPORT,
+    VALIDATION_REFERENCE,
 )
 CHALLENGER = "challenger"
 #: The subject every retrain commit starts with (how a later run recognises one).
@@ -57,9 +59,9 @@ def git(*args: str, check: bool = True) -> str:
 
 def data_version_pending() -> bool:
     """data/ differs from the version data.dvc pins: a data version was written, not trained."""
-    from tabml.data import dir_md5, pinned_dir_md5
+    from tabml import data
 
-    return DATA_DIR.is_dir() and dir_md5(DATA_DIR) != pinned_dir_md5(DATA_DVC)
+    return data.data_version_pending(DATA_DIR, DATA_DVC)
 
 
 #: What shows that a retrain happened: a new data version or new pipeline outputs. (params.yaml
