@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,11 +54,15 @@ def variable(field: str) -> str:
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No TABML_* variable from the caller; those the command line writes are undone after."""
-    for name in [*os.environ, *map(variable, ServingSettings.model_fields)]:
-        if name.startswith("TABML_"):
-            monkeypatch.delenv(name, raising=False)
+def clean_environment() -> Iterator[None]:
+    """No TABML_* variable from the caller; the environment is restored after, including the
+    variables the command line wrote (monkeypatch restores only those it set itself)."""
+    saved = dict(os.environ)
+    for name in [n for n in os.environ if n.startswith("TABML_")]:
+        del os.environ[name]
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def help_text() -> str:
