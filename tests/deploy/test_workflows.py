@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.conftest import REPO_ROOT
+from tests.support.project import REPO_ROOT
 
 WORKFLOWS = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
 LOCAL_ACTIONS = sorted((REPO_ROOT / ".github" / "actions").glob("*/action.yml"))
