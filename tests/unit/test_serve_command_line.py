@@ -84,8 +84,8 @@ def test_each_setting_is_an_option_named_after_it_with_its_variable() -> None:
         if field == "admin_token":
             continue
         option = "--" + field.replace("_", "-")
-        if field == "live_monitoring":  # on by default: the option turns it off
-            option = "--no-live-monitoring"
+        if info.default is True:  # on by default: the option turns it off
+            option = "--no-" + field.replace("_", "-")
         assert f"{option} " in text, field
         assert f"[env: {variable(field)}]" in text, field
         assert info.description and " ".join(info.description.split()) in text, field

@@ -97,6 +97,12 @@ class ServingSettings(BaseSettings):
         description="recent recorded predictions per worker that /feedback can label "
         "(19 bytes each)",
     )
+    short_path: bool = Field(
+        True,
+        description="dispatch POST /predict and the v2 infer endpoints past FastAPI's routing "
+        "(tabml.serving.routing; faster, same answers); --no-short-path: FastAPI's routing, as "
+        "for every other route",
+    )
 
     @field_validator("route")
     @classmethod
