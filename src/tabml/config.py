@@ -80,6 +80,8 @@ class DecisionConfig(_Section):
 
 class EvaluateConfig(_Section):
     calibration_bins: int = Field(ge=2)
+    #: test rows (seeded sample) for the global importance by mean |TreeSHAP|; 0: all
+    importance_rows: int = Field(ge=0)
 
 
 class TrackingConfig(_Section):

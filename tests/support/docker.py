@@ -93,13 +93,13 @@ def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     return result
 
 
-def build_image(context: Path, tag: str) -> subprocess.CompletedProcess:
+def build_image(context: Path, tag: str, *options: str) -> subprocess.CompletedProcess:
     """docker/build-image.sh, output of docker build included (stdout and stderr merged)."""
     env = dict(os.environ, TABML_BASE_IMAGE=BASE_IMAGE)
     if DOCKER:
         env["DOCKER"] = DOCKER
     return subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--context", str(context), "-t", tag],
+        ["bash", str(BUILD_SCRIPT), "--context", str(context), "-t", tag, *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
