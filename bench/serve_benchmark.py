@@ -3,7 +3,7 @@
     python bench/serve_benchmark.py                 # about 3 minutes
     python bench/serve_benchmark.py --duration 2 --runs 2
 
-Three ways to score the same model, in one run, on loopback:
+Four ways to score the same model, in one run, on loopback:
 
 - `tabml-serve`: this service, one uvicorn worker, with validation, metrics, request IDs and
   JSON access logs (written to a file) all on;
