@@ -59,13 +59,16 @@ def oip_request(records: list[dict[str, Any]], datatypes: dict[str, str]) -> dic
 
 
 def requests(client: TestClient, test_set: Any) -> list[tuple[str, dict[str, Any]]]:
-    """One of each answer the short-path endpoints give: 200, 400, 404, 413 (twice), 422."""
+    """One of each answer the short-path endpoints give: 200 (explained too), 400, 404, 413
+    (twice), 422 (a bad query parameter too)."""
     meta = client.get("/v2/models/adult", headers=AUTH).json()
     version, datatypes = meta["versions"][0], {t["name"]: t["datatype"] for t in meta["inputs"]}
     one, few = test_set.records[0], test_set.records[:4]
     infer = {"json": oip_request(few, datatypes)}
     return [
         ("/predict", {"json": one}),
+        ("/predict?explain=true&top_k=3", {"json": few}),
+        ("/predict?explain=maybe", {"json": one}),
         ("/predict", {"json": few, "headers": {"Authorization": "Bearer wrong"}}),
         ("/predict", {"json": [one, {**one, "age": 12}]}),
         ("/predict", {"json": []}),
