@@ -5,6 +5,9 @@ writes its samples there and `/metrics` aggregates all of them (prometheus-clien
 multiprocess mode); a single process exposes its own registry plus process metrics.
 The live monitoring gauges (drift, realized metrics) are computed at scrape time by
 `MonitorCollector` from the windows of every worker (`tabml.serving.worker_state`).
+
+About 340 lines, mostly the declaration of each series with its help text: the list of what
+the service exposes, read in one place (the dashboard test reads it from here).
 """
 
 from __future__ import annotations

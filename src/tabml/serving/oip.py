@@ -6,6 +6,10 @@ row index and the input), and scored by the same predictor. The request's `param
 protocol's place for request options) take `explain` and `top_k`, as /predict's query does; the
 explanation comes back as one more output, `explanation` (BYTES: one JSON string per row, the
 object /predict returns), whatever `outputs` lists.
+
+About 460 lines: the Open Inference Protocol subset is one specification (its request and
+response models, tensor conversions, errors, routes and OpenAPI), kept whole so it can be read
+against the protocol's text.
 """
 
 from __future__ import annotations

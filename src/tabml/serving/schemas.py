@@ -12,6 +12,9 @@ Policy (consistent with how training treats the raw data):
   as missing (NaN), exactly as the offline feature transform does;
 - nullable columns (the raw data's missing marker, "?") take JSON null or may be omitted; other
   columns must be present and non-null.
+
+About 340 lines: the request and response models and the error items are generated from the
+contract in one place, so the validated schema and the documented one cannot drift apart.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@ route; `tabml.serving.versions`), provenance, metrics, live monitoring, shadow s
 readiness.
 
 Built once per process by `create_app`; the routes only translate HTTP to calls on it.
+
+About 410 lines: the one object the routes call, so everything a request touches is
+reachable from here; the work itself is in the modules it delegates to.
 """
 
 from __future__ import annotations

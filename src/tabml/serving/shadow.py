@@ -28,6 +28,9 @@ Nothing the challenger does reaches a client:
 
 Jobs carry the challenger version they were submitted for, so a reload never scores a request
 with a version that was not serving when it was answered.
+
+About 360 lines, half of them the failure and backpressure handling that keeps a challenger
+from ever reaching a client; it stays next to the queue it protects.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ could not be told apart).
 `ServedModels` is the snapshot a request reads once, at its start, and keeps to its end; a reload
 builds a complete new one off the request path and replaces the reference in one assignment
 (`tabml.serving.reload`), so no request ever sees half of a swap.
+
+About 420 lines: where versions come from, how each is loaded and verified, and the
+immutable snapshot a request reads are one lifecycle; reload (`reload`) and routing
+(`traffic_split`) are their own modules.
 """
 
 from __future__ import annotations
