@@ -220,7 +220,6 @@ def test_verify_artifacts_accepts_locked_files_and_names_every_problem(tmp_path:
 # --- tests with the engine ---------------------------------------------------------------------
 
 
-@needs_engine
 def held_out_rows(models: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """The first TEST_ROWS held-out rows, as request records and as columns."""
     import pyarrow.parquet as pq
@@ -244,6 +243,7 @@ def offline_probabilities(models: Path, columns: dict[str, np.ndarray]) -> np.nd
     return predict_proba(load_booster(models / "model.txt"), transform.transform(columns))
 
 
+@needs_engine
 def test_predictions_equal_offline_predictions(container: Container) -> None:
     from tabml.contract import DataContract
 
