@@ -19,7 +19,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.container.test_image import (  # noqa: E402
+from tests.support.docker import (  # noqa: E402
     BASE_IMAGE,
     build_image,
     docker,

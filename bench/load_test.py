@@ -44,8 +44,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.artifacts import snapshot_serving_artifacts  # noqa: E402
-from tests.processes import background_process, free_port  # noqa: E402
+from tests.support.artifacts import snapshot_serving_artifacts  # noqa: E402
+from tests.support.processes import background_process, free_port  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "load.json"
 PREPARED_TEST = REPO_ROOT / "artifacts" / "prepared" / "test.parquet"

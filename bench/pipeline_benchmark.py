@@ -39,7 +39,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.conftest import clone_repo, command_env  # noqa: E402
+from tests.support.project import clone_repo, command_env  # noqa: E402
 
 
 def timed(args: list[str], cwd: Path, env: dict[str, str]) -> float:

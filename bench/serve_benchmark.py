@@ -3,10 +3,13 @@
     python bench/serve_benchmark.py                 # about 3 minutes
     python bench/serve_benchmark.py --duration 2 --runs 2
 
-Three ways to score the same model, in one run, on loopback:
+Four ways to score the same model, in one run, on loopback:
 
 - `tabml-serve`: this service, one uvicorn worker, with validation, metrics, request IDs and
   JSON access logs (written to a file) all on;
+- `tabml-fastapi`: the same service with its short path off (`--no-short-path`): the prediction
+  endpoints dispatched by FastAPI's routing like every other route, the baseline the short path
+  (`tabml.serving.routing`) must beat by 10 % at concurrency 8 to earn its place;
 - `mlflow models serve --env-manager local -w 1` on the pyfunc the pipeline registers
   (`tabml.pyfunc_model`), served from a temp sqlite registry as `models:/<name>@champion`:
   what a user would run instead;
@@ -16,7 +19,8 @@ Three ways to score the same model, in one run, on loopback:
 Scenarios: single-record requests at concurrency 1 and 8, and 1,000-record batches (one
 connection). The load generator is Debian's `wrk` in its own process, with a Lua script that
 rotates through real test rows and reports percentiles as JSON. Each scenario gets a warm-up and
-`--runs` short runs; the table shows medians. Also measured: cold start (process spawn to the
+`--runs` short runs (each round runs every system in turn, in reverse order every other round);
+the table shows medians. Also measured: cold start (process spawn to the
 first correct 200 on a prediction) and resident memory of the server's process tree after the
 load. Every server answer checked is compared with the offline probability; wrk's non-2xx
 count must be zero.
@@ -50,8 +54,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.artifacts import snapshot_serving_artifacts  # noqa: E402
-from tests.processes import free_port, mlflow_models_serve_cmd  # noqa: E402
+from tests.support.artifacts import snapshot_serving_artifacts  # noqa: E402
+from tests.support.processes import free_port, mlflow_models_serve_cmd  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "serve.json"
 BATCH_ROWS = 1000
@@ -352,7 +356,13 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     p99 = paired(c8, peer_c8, "p99_ms")
     rows = paired(ours["scenarios"][batch], limit[batch], "rps")
     cold = ours["cold_start_s"] / peer["cold_start_s"]
+    short_path = paired(c8, results["systems"]["tabml-fastapi"]["scenarios"]["single c=8"], "rps")
     return [
+        {
+            "goal": "short path: single-record req/s at c=8 >= 1.10x FastAPI's routing",
+            "measured": f"{short_path:.2f}x",
+            "met": short_path >= 1.10,
+        },
         {
             "goal": "single-record req/s at c=8 >= 20x the peer",
             "measured": f"{speedup:.1f}x",
@@ -449,6 +459,14 @@ def run(root: Path, data: Data, tracking_uri: str, args: argparse.Namespace) -> 
             unwrap=lambda body: [p["probability"] for p in body["predictions"]],
         ),
         System(
+            "tabml-fastapi",
+            [sys.executable, "-m", "tabml.serving.cli", "--no-short-path"],
+            base_env,
+            "/predict",
+            wrap=lambda records: records,
+            unwrap=lambda body: [p["probability"] for p in body["predictions"]],
+        ),
+        System(
             "mlflow-serve",
             mlflow_models_serve_cmd(f"models:/{MODEL_NAME}@champion"),
             {**base_env, "MLFLOW_TRACKING_URI": tracking_uri},
@@ -483,8 +501,9 @@ def run(root: Path, data: Data, tracking_uri: str, args: argparse.Namespace) -> 
             for connections, rows in SCENARIOS.values():
                 wrk(system.url + system.path, bodies[system.name, rows], script, connections, 1)
         for round_ in range(args.runs):
+            order = systems if round_ % 2 == 0 else systems[::-1]
             for scenario, (connections, rows) in SCENARIOS.items():
-                for system in systems:
+                for system in order:
                     sample = wrk(
                         system.url + system.path,
                         bodies[system.name, rows],
@@ -502,7 +521,8 @@ def run(root: Path, data: Data, tracking_uri: str, args: argparse.Namespace) -> 
             system.results["rss_mb"] = round(tree_rss_mb(system.process.pid), 1)
 
     results: dict[str, Any] = {
-        "benchmark": "prediction service: tabml-serve vs mlflow models serve vs in-process",
+        "benchmark": "prediction service: tabml-serve vs its FastAPI routing vs mlflow models "
+        "serve vs in-process",
         "machine": machine(load_before),
         "settings": {
             "duration_s": args.duration,

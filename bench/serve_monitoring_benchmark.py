@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from tests.artifacts import snapshot_serving_artifacts  # noqa: E402
+from tests.support.artifacts import snapshot_serving_artifacts  # noqa: E402
 
 from serve_benchmark import (  # noqa: E402
     LUA,

@@ -12,12 +12,12 @@ same champion, in one run:
 - shadow: the same bundle, `--route shadow` (the challenger scores a copy of every request
   off the response path, and both scores are logged).
 
-The challenger is a second booster trained from the same features (`tests/model_versions.py`,
-a smaller model than the champion). Load is single-record requests from Debian's `wrk` at
-concurrency 1 and 8, each request with its own `X-Routing-Key` out of 1,000 (the canary splits
-by key), rotating through real test rows; rounds alternate the servers so background load hits
-them alike, and ratios are the median over rounds of back-to-back pairs
-(`serve_benchmark.paired`).
+The challenger is a second booster trained from the same features
+(`tests/support/model_versions.py`, a smaller model than the champion). Load is single-record
+requests from Debian's `wrk` at concurrency 1 and 8, each request with its own `X-Routing-Key`
+out of 1,000 (the canary splits by key), rotating through real test rows; rounds alternate the
+servers so background load hits them alike, and ratios are the median over rounds of
+back-to-back pairs (`serve_benchmark.paired`).
 Besides throughput and latency, each run records the server's CPU time per request (utime +
 stime from /proc): shadow's extra CPU per request over HTTP is set against the same extra work
 measured in process without HTTP (the service object scoring requests on one event loop, with
@@ -57,9 +57,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from tests.artifacts import snapshot_serving_artifacts  # noqa: E402
-from tests.model_versions import bundle_of, train_challenger  # noqa: E402
-from tests.processes import free_port  # noqa: E402
+from tests.support.artifacts import snapshot_serving_artifacts  # noqa: E402
+from tests.support.model_versions import bundle_of, train_challenger  # noqa: E402
+from tests.support.processes import background_process, free_port  # noqa: E402
 
 from serve_benchmark import (  # noqa: E402
     LUA,
@@ -107,36 +107,16 @@ def base_env() -> dict[str, str]:
 def running(server: Server, root: Path) -> Iterator[Server]:
     port = free_port()
     server.url = f"http://127.0.0.1:{port}"
-    log = open(root / f"{server.name}.log", "wb")  # noqa: SIM115 - closed below
-    server.process = subprocess.Popen(
+    with background_process(
         [sys.executable, "-m", "tabml.serving.cli", "--port", str(port), *server.options],
+        log=root / f"{server.name}.log",
+        ready_url=f"{server.url}/ready",
         cwd=root,
         env={**base_env(), **server.env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.process.poll() is not None:
-                raise SystemExit(f"{server.name} exited; see {log.name}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(server.url + "/ready", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{server.name} not ready within 120 s")
-            time.sleep(0.05)
+        timeout=120,
+    ) as process:
+        server.process = process
         yield server
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGTERM)
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait()
-        log.close()
 
 
 def check_answers(server: Server, records: list[dict[str, Any]], offline: dict[str, np.ndarray]):

@@ -23,7 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
-from tests.conftest import REPO_ROOT
+from tests.support.project import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
 IN_PROCESS = DEPLOY / "canary-in-process"

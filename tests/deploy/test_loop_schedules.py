@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from tests.conftest import REPO_ROOT
+from tests.support.project import REPO_ROOT
 
 from tabml.pipeline import compose
 

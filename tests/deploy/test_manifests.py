@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
-from tests.conftest import REPO_ROOT
+from tests.support.project import REPO_ROOT
+from tests.support.waiting import wait_for
 
 DEPLOY = REPO_ROOT / "deploy"
 LOAD_RESULTS = REPO_ROOT / "bench" / "results" / "load.json"
@@ -150,10 +150,8 @@ def test_probes_point_at_real_routes(pipeline_outputs: Path) -> None:
         assert "get" in paths.get(probe["path"], {}), f"no GET {probe['path']} in the app"
     with TestClient(app) as client:
         assert client.get(probes["livenessProbe"]["path"]).status_code == 200
-        deadline = time.monotonic() + 30
-        while client.get(probes["readinessProbe"]["path"]).status_code != 200:
-            assert time.monotonic() < deadline, "/ready never answered 200"
-            time.sleep(0.1)
+        ready = probes["readinessProbe"]["path"]
+        wait_for(lambda: client.get(ready).status_code == 200, 30, what=f"{ready} answering 200")
 
 
 def test_non_root_and_locked_down() -> None:

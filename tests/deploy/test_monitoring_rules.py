@@ -20,7 +20,7 @@ import yaml
 
 from tabml.config import load_params
 
-# Not tests.conftest: this module also runs under a bare `pytest` (no repository on sys.path).
+# Not tests.support: this module also runs under a bare `pytest` (no repository on sys.path).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MONITORING = REPO_ROOT / "deploy" / "monitoring"
 ALERTS = MONITORING / "alerts.yaml"

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.conftest import REPO_ROOT
+from tests.support.project import REPO_ROOT
 
 WORKFLOWS = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
 LOCAL_ACTIONS = sorted((REPO_ROOT / ".github" / "actions").glob("*/action.yml"))
@@ -254,3 +254,19 @@ def test_pre_commit_hooks_pass_on_the_ci_files(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for hook in ("ruff check", "hadolint", "shellcheck", "actionlint"):
         assert re.search(rf"^{hook}\.+Passed$", result.stdout, re.M), result.stdout
+
+
+def test_mypy_hook_passes_on_src(tmp_path: Path) -> None:
+    """The type check the CI lint job runs, through its hook, so `.ci/run` (the README's test
+    command) enforces it too: one type error in src/ fails the suite."""
+    result = subprocess.run(
+        [str(venv_tool("pre-commit")), "run", "mypy", "--all-files"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^mypy src\.+Passed$", result.stdout, re.M), result.stdout

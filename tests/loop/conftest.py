@@ -1,1 +1,1 @@
-from tests.reproducibility.conftest import s3_endpoint  # noqa: F401  (fixture)
+from tests.support.s3 import s3_endpoint  # noqa: F401  (fixture)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT, command_env
+from tests.support.project import REPO_ROOT, command_env
 
 SCRIPT = REPO_ROOT / "scripts" / "fetch-prediction-log.py"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO_ROOT
+from tests.support.project import REPO_ROOT
 
 from tabml.loop.simulate import Plan, Scenario, scenario, send_step
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO_ROOT, command_env
+from tests.support.project import REPO_ROOT, command_env
 
 pytestmark = pytest.mark.slow
 

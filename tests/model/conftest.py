@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.artifacts import REPO_ROOT, snapshot_serving_artifacts
 from tests.model.behaviour import Model
+from tests.support.artifacts import snapshot_serving_artifacts
+from tests.support.project import REPO_ROOT
 
 PREPARED = REPO_ROOT / "artifacts" / "prepared"
 

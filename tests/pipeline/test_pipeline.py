@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.conftest import PYTHON, dvc, run, train
+from tests.support.project import PYTHON, dvc, run, stages_run, train
 
 from tabml.data import dir_md5, pinned_dir_md5
 
@@ -20,12 +20,6 @@ MODEL_FILES = ("contract.json", "feature_transform.json", "model.txt", "model_me
 def repo_copy(trained_repo: Path, tmp_path: Path) -> Path:
     """A private copy of the trained repo (git history, DVC cache and outputs included)."""
     return Path(shutil.copytree(trained_repo, tmp_path / "repo", symlinks=True))
-
-
-def stages_run(output: str) -> list[str]:
-    (line,) = [line for line in output.splitlines() if line.startswith("stages run:")]
-    names = line.removeprefix("stages run:").strip()
-    return [] if names.startswith("none") else names.split(", ")
 
 
 def snapshot(repo: Path) -> dict[str, bytes]:

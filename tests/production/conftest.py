@@ -1,4 +1,4 @@
-"""Fixtures for the production-profile tests: the moto S3 server is the one the reproducibility
-tests use (its own virtual environment, loopback only), re-exported here."""
+"""Fixtures for the production-profile tests: the moto S3 server the reproducibility tests use
+too (tests.support.s3: its own virtual environment, loopback only)."""
 
-from tests.reproducibility.conftest import s3_endpoint  # noqa: F401  (fixture)
+from tests.support.s3 import s3_endpoint  # noqa: F401  (fixture)

@@ -25,9 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO_ROOT, clone_repo, command_env, run
-from tests.processes import background_process, free_port
-from tests.tracking.conftest import mlflow_server_cmd
+from tests.support.processes import background_process, free_port, mlflow_server_cmd
+from tests.support.project import REPO_ROOT, clone_repo, command_env, run
 
 pytestmark = pytest.mark.slow
 

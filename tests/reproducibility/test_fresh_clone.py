@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import PYTHON, command_env, dvc, run, train
-from tests.pipeline.test_pipeline import stages_run
+from tests.support.project import PYTHON, command_env, dvc, run, stages_run, train
 
 from tabml.audit import compare, locked_outputs, print_report
 from tabml.columnar import read_columns

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.artifacts import snapshot_serving_artifacts
-from tests.processes import background_process, free_port
+from tests.support.artifacts import snapshot_serving_artifacts
+from tests.support.processes import background_process, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = REPO_ROOT / "models"

@@ -1,9 +1,8 @@
-"""Helpers for the live monitoring tests: read /metrics, wait for the monitor thread, make drift."""
+"""Helpers for the live monitoring tests: read /metrics, make drift (waiting for the monitor
+thread, whose windows update every 20 ms and other workers' every second: tests.support.waiting)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -31,16 +30,6 @@ def sample(url: str, name: str, **labels: str) -> float | None:
 def by_label(samples: dict[frozenset[tuple[str, str]], float], label: str) -> dict[str, float]:
     """One label's value → sample value (for series that differ by that label only)."""
     return {dict(labels)[label]: value for labels, value in samples.items()}
-
-
-def wait_for(condition: Callable[[], T], timeout: float = 15.0) -> T:
-    """`condition()` once it is truthy (the monitor thread updates its windows every 20 ms,
-    and other workers publish theirs every second)."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-    return result
 
 
 def drifted(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,8 +19,9 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 import yaml
-from tests.processes import background_process, free_port
-from tests.serving.monitoring import DRIFTED_FEATURES, drifted, wait_for
+from tests.serving.monitoring import DRIFTED_FEATURES, drifted
+from tests.support.processes import background_process, free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

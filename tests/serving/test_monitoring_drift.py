@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.serving.monitoring import DRIFTED_FEATURES, by_label, drifted, scrape, wait_for
+from tests.serving.monitoring import DRIFTED_FEATURES, by_label, drifted, scrape
+from tests.support.waiting import wait_for
 
 from tabml.monitoring import DriftWindow, ReferenceProfile
 from tabml.monitoring.events import closed_segments

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 from tests.serving.conftest import PREPARED_TEST
-from tests.serving.monitoring import sample, wait_for
+from tests.serving.monitoring import sample
+from tests.support.waiting import wait_for
 
 from tabml.columnar import read_columns
 from tabml.monitoring import ReferenceProfile

@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.serving.monitoring import sample, wait_for
+from tests.serving.monitoring import sample
+from tests.support.waiting import wait_for
 
 from tabml.monitoring.events import OPEN_SUFFIX, closed_segments, read_events, segment_name
 from tabml.serving.prediction_log import SegmentWriter, recover_orphans

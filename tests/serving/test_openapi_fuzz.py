@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import REPO_ROOT
+from tests.support.project import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from tests.support.waiting import wait_for
 
 from tabml.model import ModelFileError
 from tabml.serving.app import create_app
@@ -21,10 +22,7 @@ from tabml.serving.provenance import ArtifactIntegrityError, read_dvc_lock
 
 def wait_ready(client: TestClient, timeout: float = 10.0) -> None:
     """The warm-up prediction runs in the background after start-up; wait for it."""
-    deadline = time.monotonic() + timeout
-    while client.get("/ready").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/ready").json()
-        time.sleep(0.01)
+    wait_for(lambda: client.get("/ready").status_code == 200, timeout, what="/ready", poll=0.01)
 
 
 @pytest.fixture(scope="module")

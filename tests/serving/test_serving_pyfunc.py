@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from tests.processes import background_process, free_port, mlflow_models_serve_cmd
+from tests.support.processes import background_process, free_port, mlflow_models_serve_cmd
 
 pytestmark = pytest.mark.slow
 

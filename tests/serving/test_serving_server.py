@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -80,13 +81,11 @@ def test_json_logs_with_request_ids(server: Any, test_set: Any) -> None:
     with httpx.Client(base_url=server.url) as http:
         response = http.post("/predict", json=test_set.records[:3], headers={"X-Request-ID": "j-1"})
         assert response.headers["x-request-id"] == "j-1"
-    deadline = time.monotonic() + 5
-    while True:
-        entries = [e for e in server.log_lines() if e.get("request_id") == "j-1"]
-        if entries or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    (entry,) = entries
+    (entry,) = wait_for(
+        lambda: [e for e in server.log_lines() if e.get("request_id") == "j-1"],
+        5,
+        what="the access log line of request j-1",
+    )
     assert entry["logger"] == "tabml.serving.access" and entry["level"] == "INFO"
     assert (entry["method"], entry["path"], entry["status"], entry["rows"]) == (
         "POST",
@@ -137,9 +136,7 @@ def test_two_workers_keep_alive_latency_and_shared_metrics(
             )
             assert rows == 45
         # and there really are two worker processes
-        deadline = time.monotonic() + 15
-        while len(worker_pids(server)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(lambda: len(worker_pids(server)) >= 2, 15, what="two worker processes")
         assert len(worker_pids(server)) == 2
 
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import PYTHON, REPO_ROOT, clone_repo, command_env, run
-from tests.processes import background_process, free_port
+from tests.support.processes import background_process, free_port, mlflow_server_cmd
+from tests.support.project import PYTHON, REPO_ROOT, clone_repo, command_env, run
 
 
 def tracking_env(repo: Path, uri: str | None = None, **extra: str) -> dict[str, str]:
@@ -75,24 +75,6 @@ def tracking_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def repo_copy(tracking_template: Path, tmp_path: Path) -> Path:
     """A private copy of the template (git history, DVC cache and outputs included)."""
     return Path(shutil.copytree(tracking_template, tmp_path / "repo", symlinks=True))
-
-
-def mlflow_server_cmd(backend_store: str, artifacts: str, port: int) -> list[str]:
-    """`mlflow server` with proxied artifacts, as docs/PRODUCTION.md runs it (one worker)."""
-    return [
-        str(Path(PYTHON).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        backend_store,
-        "--artifacts-destination",
-        artifacts,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """`tabml-registry export`, and promote / rollback with `--bundle`, on a real SQLite MLflow store:
 two models trained and registered in a temp clone, exported as champion and challenger,
 read back verified, tampered with, rewritten after alias moves, and a service told to reload
-(the stand-in of tests/reload_stub.py, which speaks the service's reload interface)."""
+(the stand-in of tests/support/reload_stub.py, which speaks the service's reload interface)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from tests.conftest import PYTHON, command_env, run
-from tests.processes import background_process, free_port
-from tests.reload_stub import command, reloads
+from tests.support.processes import background_process, free_port
+from tests.support.project import PYTHON, command_env, run
+from tests.support.reload_stub import command, reloads
 from tests.tracking.conftest import tracking_env, train
 
 from tabml.bundle import BundleError, load_bundle

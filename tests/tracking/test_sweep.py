@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from tests.conftest import PYTHON, run
+from tests.support.project import PYTHON, run
 from tests.tracking.conftest import commit_all, tracking_env, train
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.models import get_model_info
-from tests.conftest import run
-from tests.processes import free_port
+from tests.support.processes import free_port
+from tests.support.project import run, stages_run
 from tests.tracking.conftest import registry_cli, train
 
 from tabml.data import file_md5, pinned_dir_md5
@@ -27,12 +27,6 @@ pytestmark = pytest.mark.slow
 # Quick to train: these tests check bookkeeping, not model quality.
 QUICK = "train.num_boost_round=40"
 WEAK = ("train.num_boost_round=2", "model.num_leaves=2")  # two stumps: fails the gate
-
-
-def stages_run(output: str) -> list[str]:
-    (line,) = [line for line in output.splitlines() if line.startswith("stages run:")]
-    names = line.removeprefix("stages run:").strip()
-    return [] if names.startswith("none") else names.split(", ")
 
 
 def runs(client: MlflowClient, experiment: str = "tabml-adult") -> list:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 from tabml import lineage, registry, sweep, tracking, tracking_store
 from tabml.config import ConfigError, GateConfig

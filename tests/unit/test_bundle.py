@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.bundles import DATA_MD5, PROFILE, checkout, md5
+from tests.support.bundles import DATA_MD5, PROFILE, checkout, md5
 
 from tabml.bundle import (
     MANIFEST_FILE,

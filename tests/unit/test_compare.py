@@ -14,7 +14,7 @@ import pytest
 import yaml
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
-from tests.bundles import checkout
+from tests.support.bundles import checkout
 
 from tabml import monitor_cli
 from tabml.bundle import describe_version, write_bundle

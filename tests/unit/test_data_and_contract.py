@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import REPO_ROOT
+from tests.support.project import REPO_ROOT
 
 from tabml.config import load_params
 from tabml.data import FieldCountError, dir_md5, pinned_dir_md5, read_raw

@@ -35,7 +35,7 @@ from tabml.monitoring import (
     verdict,
 )
 
-# Not tests.conftest: this module also runs under a bare `pytest` (no repository on sys.path).
+# Not tests.support: this module also runs under a bare `pytest` (no repository on sys.path).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PARAMS = load_params(REPO_ROOT / "params.yaml")
 CONTRACT = PARAMS.dataset.contract()

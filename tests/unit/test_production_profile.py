@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import REPO_ROOT
+from tests.support.project import REPO_ROOT
 
 from tabml.pipeline import compose
 from tabml.tracking_store import TrackingUnavailableError, check_reachable

@@ -1,5 +1,5 @@
 """Asking a service to reload, against a real process speaking the agreed interface
-(tests/reload_stub.py): the token, its 401 and 404 answers, SIGHUP, and a dead address."""
+(tests/support/reload_stub.py): the token, its 401 and 404 answers, SIGHUP, and a dead address."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import command_env
-from tests.processes import background_process, free_port
-from tests.reload_stub import command, reloads
+from tests.support.processes import background_process, free_port
+from tests.support.project import command_env
+from tests.support.reload_stub import command, reloads
 
 from tabml.service_reload import (
     ReloadError,

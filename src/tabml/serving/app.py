@@ -4,7 +4,8 @@ Routes are thin: they move bytes between HTTP and `PredictionService`. The predi
 read and validated straight from bytes by pydantic-core (no intermediate `json.loads`, no
 pandas), and the OpenAPI document still shows the contract-generated schema with real examples.
 The prediction endpoints take a short path through the request middleware
-(`tabml.serving.routing`); their FastAPI routes document them and are the fallback.
+(`tabml.serving.routing`; off with TABML_SHORT_PATH=false); their FastAPI routes document them
+and are the fallback.
 """
 
 from __future__ import annotations
@@ -199,7 +200,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         )
     )
     app.add_middleware(
-        RequestContextMiddleware, metrics=service.metrics, short_paths=[predict, *infer]
+        RequestContextMiddleware,
+        metrics=service.metrics,
+        short_paths=[predict, *infer] if settings.short_path else [],
     )
 
     @app.exception_handler(RequestValidationError)

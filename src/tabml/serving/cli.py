@@ -5,8 +5,12 @@
     tabml-serve --prediction-log-dir /var/log/tabml   # also log every prediction
     tabml-serve --bundle /srv/tabml/bundle --route canary:0.1   # champion + challenger
 
-Every setting is also an environment variable (TABML_MODEL_DIR, TABML_MAX_BATCH, ...; see
-`tabml.serving.settings`); options given here override them and are passed on to the workers.
+The server options (--host to --timeout-graceful-shutdown) are uvicorn's. Every other option is a
+setting of `tabml.serving.settings.ServingSettings`, also read from the environment variable in
+brackets; an option given here overrides the variable, and is passed on to the workers.
+Champion and challenger: docs/serving.md (reload: SIGHUP, or POST /admin/reload with
+TABML_ADMIN_TOKEN, which is never an option: a command line is visible to every user of the
+machine). Prediction log and live monitoring: docs/monitoring.md.
 """
 
 from __future__ import annotations
@@ -20,34 +24,18 @@ import shutil
 import sys
 import tempfile
 
+from pydantic import ValidationError
+from pydantic_settings import CliSettingsSource
+
+from tabml.serving.settings import ServingSettings
 from tabml.serving.worker import freeze_loaded_objects, prepare_process
 
 log = logging.getLogger("tabml.serving")
 
-# option → environment variable read by ServingSettings (in this process and in every worker)
-_SETTING_OPTIONS = {
-    "model_dir": "TABML_MODEL_DIR",
-    "dvc_lock": "TABML_DVC_LOCK",
-    "bundle": "TABML_BUNDLE",
-    "challenger": "TABML_CHALLENGER",
-    "challenger_dvc_lock": "TABML_CHALLENGER_DVC_LOCK",
-    "route": "TABML_ROUTE",
-    "metrics_file": "TABML_METRICS_FILE",
-    "max_batch": "TABML_MAX_BATCH",
-    "threshold": "TABML_THRESHOLD",
-    "model_name": "TABML_MODEL_NAME",
-    "model_version": "TABML_MODEL_VERSION",
-    "log_level": "TABML_LOG_LEVEL",
-    "prediction_log_dir": "TABML_PREDICTION_LOG_DIR",
-    "prediction_log_sample": "TABML_PREDICTION_LOG_SAMPLE",
-    "prediction_log_queue": "TABML_PREDICTION_LOG_QUEUE",
-    "prediction_log_segment_bytes": "TABML_PREDICTION_LOG_SEGMENT_BYTES",
-    "prediction_log_segment_seconds": "TABML_PREDICTION_LOG_SEGMENT_SECONDS",
-    "feedback_index_size": "TABML_FEEDBACK_INDEX_SIZE",
-}
 
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, CliSettingsSource[argparse.ArgumentParser]]:
+    """The command line: uvicorn's options, then one option per serving setting, generated from
+    `ServingSettings` (its field names in kebab case, its descriptions and defaults)."""
     parser = argparse.ArgumentParser(
         prog="tabml-serve",
         description=__doc__,
@@ -85,85 +73,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=30,
         help="on SIGTERM, seconds to let in-flight requests finish before closing (default 30)",
     )
-    parser.add_argument("--model-dir", help="artifacts directory (default models/)")
-    parser.add_argument("--dvc-lock", help="dvc.lock to check artifact md5 against")
-    parser.add_argument("--metrics-file", help="test metrics for /metadata")
-    parser.add_argument("--max-batch", type=int, help="most records per request (default 10000)")
-    parser.add_argument("--threshold", type=float, help="decision threshold override")
-    parser.add_argument("--model-name", help="name in responses and the v2 protocol")
-    parser.add_argument("--model-version", help="version in responses (default: model md5)")
-    parser.add_argument(
-        "--allow-md5-mismatch",
-        action="store_true",
-        help="serve artifacts that do not match dvc.lock (not for production)",
+    settings: CliSettingsSource[argparse.ArgumentParser] = CliSettingsSource(
+        ServingSettings,
+        root_parser=parser,
+        cli_kebab_case=True,
+        # --allow-md5-mismatch (default off) and --no-live-monitoring (default on)
+        cli_implicit_flags="toggle",
+        cli_show_env_vars=True,
+        cli_hide_none_type=True,
+        cli_avoid_json=True,
     )
-    parser.add_argument("--log-level", help="INFO (default), DEBUG, WARNING, ...")
-    versions = parser.add_argument_group(
-        "champion and challenger (docs/serving.md; reload: SIGHUP, or POST /admin/reload with "
-        "TABML_ADMIN_TOKEN)"
-    )
-    versions.add_argument(
-        "--bundle", help="bundle directory (default: the models directory as a one-version bundle)"
-    )
-    versions.add_argument(
-        "--challenger",
-        help="challenger: a models directory from another checkout, or a bundle (its champion); "
-        "overrides the bundle's challenger",
-    )
-    versions.add_argument(
-        "--challenger-dvc-lock", help="dvc.lock for --challenger (default: its ../dvc.lock)"
-    )
-    versions.add_argument(
-        "--route",
-        help="champion | canary:<fraction>, e.g. canary:0.1 (sticky by X-Routing-Key) | shadow "
-        "(default: the bundle's route, followed on reload; else champion)",
-    )
-    monitoring = parser.add_argument_group("monitoring (docs/monitoring.md)")
-    monitoring.add_argument(
-        "--prediction-log-dir", help="write prediction and feedback events here (default: off)"
-    )
-    monitoring.add_argument(
-        "--prediction-log-sample",
-        type=float,
-        help="share of prediction requests logged and labellable on /feedback (default 1.0)",
-    )
-    monitoring.add_argument(
-        "--prediction-log-queue",
-        type=int,
-        help="most records waiting to be written; beyond, events are dropped (default 20000)",
-    )
-    monitoring.add_argument(
-        "--prediction-log-segment-bytes",
-        type=int,
-        help="close a log segment at about this size (default 64 MiB)",
-    )
-    monitoring.add_argument(
-        "--prediction-log-segment-seconds",
-        type=float,
-        help="and at the latest after this many seconds (default 300)",
-    )
-    monitoring.add_argument(
-        "--feedback-index-size",
-        type=int,
-        help="recent predictions per worker /feedback can label (default 500000, 19 bytes each)",
-    )
-    monitoring.add_argument(
-        "--no-live-monitoring",
-        action="store_true",
-        help="no drift or realized-metric windows and no /feedback (the log still works)",
-    )
-    return parser
+    return parser, settings
 
 
-def _export_options(args: argparse.Namespace) -> None:
-    for option, variable in _SETTING_OPTIONS.items():
-        value = getattr(args, option)
-        if value is not None:
-            os.environ[variable] = str(value)
-    if args.allow_md5_mismatch:
-        os.environ["TABML_ALLOW_MD5_MISMATCH"] = "1"
-    if args.no_live_monitoring:
-        os.environ["TABML_LIVE_MONITORING"] = "0"
+def parse_command_line(argv: list[str] | None) -> tuple[argparse.Namespace, ServingSettings]:
+    """uvicorn's options, and the settings: command line over environment over defaults.
+
+    The settings given on the command line are then written to the environment variables they
+    override, which the uvicorn workers build their settings from (`--workers N`): every worker
+    serves with what this process validated. Raises pydantic's ValidationError.
+    """
+    parser, cli = build_parser()
+    args = parser.parse_args(argv)
+    if "admin_token" in vars(args):  # hidden from --help, but pydantic-settings still parses it
+        parser.error(
+            "--admin-token is not an option: set TABML_ADMIN_TOKEN (a command line is visible "
+            "to every user of the machine)"
+        )
+    settings = ServingSettings(_cli_settings_source=cli(parsed_args=args))
+    variables = cli.env_var_names
+    for name, value in cli.env_vars.items():
+        if name in variables:  # not one of uvicorn's options
+            (variable,) = variables[name]
+            os.environ[variable] = str(value).lower() if isinstance(value, bool) else str(value)
+    return args, settings
 
 
 def _share_metrics_across_workers() -> None:
@@ -176,27 +119,23 @@ def _share_metrics_across_workers() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    prepare_process()
+    try:
+        args, settings = parse_command_line(argv)
+    except ValidationError as exc:
+        print(f"error: invalid setting: {exc}", file=sys.stderr)
+        return 2
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
-    _export_options(args)
-    prepare_process()
 
     import uvicorn
-    from pydantic import ValidationError
 
     from tabml.errors import TabmlError
     from tabml.serving.logs import logging_config
     from tabml.serving.protocol import best_protocol
     from tabml.serving.provenance import ArtifactIntegrityError
-    from tabml.serving.settings import ServingSettings
 
-    try:
-        settings = ServingSettings()
-    except ValidationError as exc:
-        print(f"error: invalid setting: {exc}", file=sys.stderr)
-        return 2
     log_config = logging_config(settings.log_level)
     logging.config.dictConfig(log_config)
     common = {

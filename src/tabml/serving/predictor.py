@@ -138,10 +138,14 @@ class Predictor:
             example = example_records(model.contract)[0]
         self.Record = record_model(model.contract, example)
         record = record_dict(model.contract)
-        self._one = TypeAdapter(record)
-        self._many = TypeAdapter(
-            Annotated[list[record], Field(min_length=1, max_length=max_batch)]  # type: ignore[valid-type]
-        )
+        # The record type is built from the contract at run time: to mypy it is a variable, not a
+        # type (hence the ignore), and a validated record is a dict.
+        batch: Any = Annotated[
+            list[record],  # type: ignore[valid-type]
+            Field(min_length=1, max_length=max_batch),
+        ]
+        self._one: TypeAdapter[dict[str, Any]] = TypeAdapter(record)
+        self._many: TypeAdapter[list[dict[str, Any]]] = TypeAdapter(batch)
 
     # validation -------------------------------------------------------------------------
 

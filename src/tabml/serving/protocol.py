@@ -24,7 +24,7 @@ def set_nodelay(transport: Any) -> None:
 
 
 class NoDelayH11Protocol(H11Protocol):
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         set_nodelay(transport)
         super().connection_made(transport)
 
@@ -32,17 +32,18 @@ class NoDelayH11Protocol(H11Protocol):
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # httptools not installed: h11 only
-    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+    HAS_HTTPTOOLS = False
 else:
+    HAS_HTTPTOOLS = True
 
-    class NoDelayHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[no-redef]
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    class NoDelayHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: Any) -> None:
             set_nodelay(transport)
             super().connection_made(transport)
 
 
 def best_protocol() -> str:
     """Import path of the fastest available protocol (httptools if installed, else h11)."""
-    if HttpToolsProtocol is not None:
+    if HAS_HTTPTOOLS:
         return "tabml.serving.protocol:NoDelayHttpToolsProtocol"
     return "tabml.serving.protocol:NoDelayH11Protocol"

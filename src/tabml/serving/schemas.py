@@ -34,7 +34,7 @@ from pydantic import (
     with_config,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, core_schema
+from pydantic_core import CoreSchema, ErrorDetails, core_schema
 from typing_extensions import TypedDict
 
 from tabml.contract import ColumnSpec, DataContract
@@ -77,15 +77,16 @@ Integer = Annotated[int, IntegralNumber()]
 
 
 def _annotation(spec: ColumnSpec) -> Any:
-    bounds = {"ge": spec.min, "le": spec.max}
     if spec.type == "category":
-        annotation: Any = Literal[tuple(spec.categories or ())]  # type: ignore[valid-type]
+        annotation: Any = Literal[tuple(spec.categories or ())]
     elif spec.type == "int":
         ge = None if spec.min is None else math.ceil(spec.min)
         le = None if spec.max is None else math.floor(spec.max)
         annotation = Annotated[int, IntegralNumber(ge, le)]
     else:
-        annotation = Annotated[float, Strict(), Field(allow_inf_nan=False, **bounds)]
+        annotation = Annotated[
+            float, Strict(), Field(allow_inf_nan=False, ge=spec.min, le=spec.max)
+        ]
     return annotation | None if spec.nullable else annotation
 
 
@@ -121,9 +122,11 @@ def record_dict(contract: DataContract) -> type:
     1,000-record batch: 2.6 ms instead of 4.3 ms) and lays out as columns faster."""
     fields: dict[str, Any] = {}
     for spec in contract.columns:
-        annotation = Annotated[_annotation(spec), Field(description=_description(spec))]
+        annotation: Any = Annotated[_annotation(spec), Field(description=_description(spec))]
         fields[spec.name] = NotRequired[annotation] if spec.nullable else annotation
-    record = TypedDict("PredictionRecord", fields)  # type: ignore[operator]
+    # mypy checks only TypedDicts written out in the source; this one's fields come from the
+    # contract at run time.
+    record = TypedDict("PredictionRecord", fields)  # type: ignore[misc]
     return with_config(ConfigDict(extra="forbid", title="PredictionRecord"))(record)
 
 
@@ -284,7 +287,7 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
-def _message(error: dict[str, Any], field: str | None) -> str:
+def _message(error: ErrorDetails, field: str | None) -> str:
     kind, value = error["type"], error.get("input")
     if kind == "missing":
         return "required field is missing"
@@ -316,8 +319,9 @@ def field_errors(exc: ValidationError, *, single_record: bool) -> tuple[list[dic
     for error in errors[:MAX_REPORTED_ERRORS]:
         loc = list(error["loc"])
         index: int | None = 0 if single_record and error["type"] != "json_invalid" else None
-        if not single_record and loc and isinstance(loc[0], int):
-            index = loc.pop(0)
+        if not single_record and loc and isinstance(first := loc[0], int):
+            index = first
+            del loc[0]
         field = str(loc[0]) if loc else None
         entry: dict[str, Any] = {
             "index": index,

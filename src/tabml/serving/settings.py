@@ -1,21 +1,27 @@
-"""Typed service settings, read from the environment (prefix `TABML_`) by pydantic-settings."""
+"""Typed service settings, read from the environment (prefix `TABML_`) by pydantic-settings;
+`tabml-serve` makes each one a command-line option too (`tabml.serving.cli`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliSuppress, SettingsConfigDict
 
 
 class ServingSettings(BaseSettings):
-    """Everything the service can be told; each field is also an environment variable.
+    """Everything the service can be told; each field is an environment variable and, but for
+    the admin token, an option of `tabml-serve` (the field name in kebab case).
 
     Relative paths resolve against the working directory (the repository root, or `/app` in the
     image), matching the paths recorded in `dvc.lock`.
     """
 
-    model_config = SettingsConfigDict(env_prefix="TABML_", extra="ignore", frozen=True)
+    # "null" is None, on the command line as in the environment, so that a setting given on the
+    # command line reaches the workers unchanged (through the environment: tabml.serving.cli).
+    model_config = SettingsConfigDict(
+        env_prefix="TABML_", env_parse_none_str="null", extra="ignore", frozen=True
+    )
 
     model_dir: Path = Field(Path("models"), description="directory with the trained artifacts")
     dvc_lock: Path = Field(Path("dvc.lock"), description="lock file holding the artifacts' md5")
@@ -33,14 +39,15 @@ class ServingSettings(BaseSettings):
         "whose champion is taken), overriding the bundle's",
     )
     challenger_dvc_lock: Path | None = Field(
-        None, description="dvc.lock vouching for a challenger models directory (default: ../)"
+        None, description="dvc.lock vouching for a challenger models directory; default: ../"
     )
     route: str | None = Field(
         None,
         description="champion | canary:<fraction> (sticky by X-Routing-Key) | shadow; "
         "default: the bundle's route (bundle.json, followed on reload), else champion",
     )
-    admin_token: SecretStr | None = Field(
+    # Environment only: a command line is visible to every user of the machine.
+    admin_token: CliSuppress[SecretStr | None] = Field(
         None, description="bearer token of POST /admin/reload; unset, the endpoint is off (404)"
     )
     metrics_file: Path | None = Field(
@@ -66,7 +73,9 @@ class ServingSettings(BaseSettings):
     )
     log_level: str = Field("INFO", description="level of the JSON logs")
     live_monitoring: bool = Field(
-        True, description="drift and realized-metric windows on /metrics, and /feedback"
+        True,
+        description="drift and realized-metric windows on /metrics, and /feedback; "
+        "--no-live-monitoring turns them off (the prediction log still works)",
     )
     prediction_log_dir: Path | None = Field(
         None, description="directory for prediction log segments (default: no log)"
@@ -94,6 +103,12 @@ class ServingSettings(BaseSettings):
         ge=1,
         description="recent recorded predictions per worker that /feedback can label "
         "(19 bytes each)",
+    )
+    short_path: bool = Field(
+        True,
+        description="dispatch POST /predict and the v2 infer endpoints past FastAPI's routing "
+        "(tabml.serving.routing; faster, same answers); --no-short-path: FastAPI's routing, as "
+        "for every other route",
     )
 
     @field_validator(

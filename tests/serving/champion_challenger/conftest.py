@@ -1,7 +1,7 @@
 """Two real model versions for champion/challenger tests: the session's trained artifacts
 (copied and checked against their dvc.lock, without running the pipeline) and a second booster
-trained from them in about a second (`tests.model_versions`), with the held-out test rows and
-each version's offline probabilities for them."""
+trained from them in about a second (`tests.support.model_versions`), with the held-out test
+rows and each version's offline probabilities for them."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.artifacts import snapshot_serving_artifacts
-from tests.model_versions import PREPARED, train_challenger
 from tests.serving.conftest import Server, Workspace, serve
+from tests.support.artifacts import snapshot_serving_artifacts
+from tests.support.model_versions import PREPARED, train_challenger
 
 
 @pytest.fixture(scope="session")

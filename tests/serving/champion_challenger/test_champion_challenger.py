@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from tests.model_versions import bundle_of
 from tests.serving.champion_challenger.conftest import Holdout, serve_checkout
+from tests.support.model_versions import bundle_of
+from tests.support.waiting import wait_for
 
 from tabml.data import file_md5
 from tabml.monitoring.events import PREDICTION, read_events
@@ -279,13 +280,18 @@ class LoadLoop:
 
     def wait_for(self, version: str, after: float = 0.0, timeout: float = 30.0) -> float:
         """Block until `version` answers a request sent after `after`; return when it did."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for started, finished, _, answered, _, _ in list(self.answers):
-                if answered == version and started > after:
-                    return finished
-            time.sleep(0.01)
-        raise AssertionError(f"no answer from version {version} within {timeout} s")
+
+        def answered() -> float | None:
+            return next(
+                (
+                    end
+                    for start, end, _, v, _, _ in list(self.answers)
+                    if v == version and start > after
+                ),
+                None,
+            )
+
+        return wait_for(answered, timeout, what=f"an answer from version {version}", poll=0.01)
 
     def answered_after(self, moment: float) -> set[str | None]:
         return {a[3] for a in self.answers if a[0] > moment}
@@ -442,17 +448,17 @@ def test_sighup_with_several_workers_reloads_every_worker_in_place(
             signalled = time.monotonic()
             server.process.send_signal(signal.SIGHUP)
             swapped = load.wait_for(bundles.challenger, after=signalled)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                reloads = [
+
+            def reload_lines() -> list[dict[str, Any]]:
+                return [
                     line
                     for line in server.log_lines()
                     if line.get("logger") == "tabml.serving.reload"
                     and "now serving" in line.get("message", "")
                 ]
-                if len(reloads) == 2:
-                    break
-                time.sleep(0.2)
+
+            wait_for(lambda: len(reload_lines()) >= 2, 30, what="a reload in each worker", poll=0.2)
+            reloads = reload_lines()
             settled = time.monotonic()
             time.sleep(1.5)
         finally:

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.model_versions import PREPARED, bundle_of
 from tests.serving.champion_challenger.conftest import serve_checkout
 from tests.serving.champion_challenger.test_champion_challenger import oip_body, version_id
+from tests.support.model_versions import PREPARED, bundle_of
 
 from tabml.serving.traffic_split import ROUTING_KEY_HEADER
 

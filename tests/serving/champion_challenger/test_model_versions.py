@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.model_versions import bundle_of
+from tests.support.model_versions import bundle_of
 
 from tabml.bundle import BundleError
 from tabml.data import file_md5

@@ -14,10 +14,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from tests.support.project import REPO_ROOT
 
 from tabml.layout import METADATA_FILE, MODEL_FILE, PROFILE_FILE
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PREPARED = REPO_ROOT / "artifacts" / "prepared"
 #: Parameters of the challenger: a smaller, faster-learning model than the champion.
 CHALLENGER_PARAMS = {"num_leaves": 7, "learning_rate": 0.2, "min_data_in_leaf": 50, "seed": 7}

@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support.project import REPO_ROOT
 
 
 def snapshot_serving_artifacts(dest: Path, source: Path = REPO_ROOT, attempts: int = 30) -> Path:

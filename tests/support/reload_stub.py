@@ -2,7 +2,7 @@
 (token from TABML_ADMIN_TOKEN; 401 for a wrong one, 404 when none is configured) and SIGHUP.
 Each reload appends a line to a record file ("http" or "sighup"), so a test can see it arrive.
 
-    python tests/reload_stub.py PORT RECORD_FILE
+    python tests/support/reload_stub.py PORT RECORD_FILE
 """
 
 from __future__ import annotations

@@ -44,6 +44,24 @@ def mlflow_models_serve_cmd(model_uri: str) -> list[str]:
     ]
 
 
+def mlflow_server_cmd(backend_store: str, artifacts: str, port: int) -> list[str]:
+    """`mlflow server` with proxied artifacts, as docs/PRODUCTION.md runs it (one worker)."""
+    return [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend_store,
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
 def http_status(url: str, timeout: float = 2.0) -> int | None:
     """The HTTP status of GET `url`, or None while nothing answers."""
     try:
