@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import PYTHON, command_env, train
-from tests.processes import free_port
+from tests.support.processes import free_port
+from tests.support.project import PYTHON, command_env, train
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tests.conftest import PYTHON, REPO_ROOT, command_env, run
+from tests.support.project import PYTHON, REPO_ROOT, command_env, run
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import PYTHON, REPO_ROOT, command_env, run
+from tests.support.project import PYTHON, REPO_ROOT, command_env, run
 
 # The fixture brings the checkout's pipeline outputs up to date (on a fresh clone: a full run).
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 from tabml.config import ConfigError, DaskConfig, parse_params
 
