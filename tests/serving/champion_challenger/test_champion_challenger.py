@@ -168,9 +168,15 @@ def test_shadow_answers_as_the_champion_alone_and_logs_both_versions(
         expected = send(alone)
     log_dir = tmp_path / "log"
     options = ["--bundle", str(bundles.pair), "--route", "shadow", "--prediction-log-dir"]
+    scored = sum(len(rows) for _, rows in calls)
+    series = f'tabml_shadow_rows_total{{model_version="{bundles.challenger}",result="scored"}}'
     with serve_checkout(champion_checkout, *options, str(log_dir)) as shadowed:
         got = send(shadowed)
-        metrics = httpx.get(f"{shadowed.url}/metrics").text
+        # the last copies are scored at the shadow queue's next drain (every 0.1 s)
+        wait_for(
+            lambda: f"{series} {scored}.0" in httpx.get(f"{shadowed.url}/metrics").text,
+            what=f"{series} = {scored}",
+        )
     assert got == expected  # byte for byte
 
     events = defaultdict(list)
@@ -186,9 +192,6 @@ def test_shadow_answers_as_the_champion_alone_and_logs_both_versions(
         assert [e["probability"] for e in answered] == holdout.champion[rows].tolist()
         assert [e["probability"] for e in shadow] == holdout.challenger[rows].tolist()
         assert [e["record"] for e in answered] == [e["record"] for e in shadow]
-    scored = sum(len(rows) for _, rows in calls)
-    series = f'tabml_shadow_rows_total{{model_version="{bundles.challenger}",result="scored"}}'
-    assert f"{series} {scored}.0" in metrics
 
 
 def test_a_challenger_that_always_fails_changes_nothing_for_clients(
