@@ -28,6 +28,7 @@ SERVING_FILES = (*ARTIFACT_FILES, PROFILE_FILE)
 
 REPORTS_DIR = Path("reports")
 METRICS_FILE = REPORTS_DIR / "metrics.json"
+SLICES_FILE = REPORTS_DIR / "slices.json"
 CURVES_FILE = REPORTS_DIR / "training_curve.json"
 PLOTS_DIR = REPORTS_DIR / "plots"
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tabml.config import Params
+from tabml.gate_rules import QualityEvidence
 from tabml.layout import DATA_DVC, MODEL_FILE, MODELS_DIR
 from tabml.lineage import TAG_DVC_EXP, Lineage, collect_lineage
 from tabml.tracking import RunFiles
@@ -192,6 +193,9 @@ def _log_new(
     if experiment_name:
         tags |= {TAG_DVC_EXP: experiment_name, EXPERIMENT_TAG_PREFIX + experiment_name: "logged"}
     value = float(json.loads(files.metrics.read_text())["test"][params.gate.metric])
+    evidence = QualityEvidence.from_files(
+        files.metrics, files.slices, params.evaluate.min_slice_rows
+    )
     with mlflow.start_run(experiment_id=experiment_id, run_name=experiment_name, tags=tags) as run:
         with watch.time("log"):
             tracking.log_run_contents(client, run.info.run_id, files, raw_params)
@@ -199,7 +203,7 @@ def _log_new(
             info = log_pyfunc_model(files.models, LOGGED_MODEL_NAME, name)
             version = str(info.registered_model_version)
             decision = registry.register_with_gate(
-                client, name, version, value, params.gate, promote, context
+                client, name, version, value, params.gate, promote, context, evidence
             )
             mlflow.set_tags(decision.tags(params.gate) | {"registered_version": version})
 
