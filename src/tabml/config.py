@@ -127,6 +127,15 @@ class EvaluateConfig(_Section):
         return self
 
 
+class ModelCardConfig(_Section):
+    """The model card's prose (`conf/model_card/`); its figures come from the outputs."""
+
+    title: str = Field(min_length=1)
+    intended_use: list[str]
+    out_of_scope: list[str]
+    limitations: list[str]
+
+
 class TrackingConfig(_Section):
     """Where MLflow runs and registered models go (`tabml.tracking_store.resolve_tracking_uri`)."""
 
@@ -230,6 +239,7 @@ class Params(_Section):
     evaluate: EvaluateConfig
     tracking: TrackingConfig
     gate: GateConfig
+    model_card: ModelCardConfig
     monitor: MonitorConfig
     compare: CompareConfig
     loop: LoopConfig

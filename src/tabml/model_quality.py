@@ -9,6 +9,7 @@ row) instead of trusting it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,11 @@ def check_aligned(
                 f"{b[row]} in the featurized one; the splits are not row-aligned "
                 "(rerun the pipeline: `python src/train.py`)"
             )
+
+
+def slices_json(report: slices.SliceReport) -> str:
+    """reports/slices.json: keys in slice order (bands ascending), not sorted as text."""
+    return json.dumps(report, indent=1) + "\n"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ class SliceError(TabmlError, ValueError):
 
 
 def band_labels(edges: list[float]) -> list[str]:
-    """`[25, 35]` → `["<25", "25-34", ">=35"]` for whole-number edges (integer columns),
+    """`[25, 35]` → `["<25", "25-34", "35+"]` for whole-number edges (integer columns),
     `["<2.5", "[2.5, 3.5)", ">=3.5"]` otherwise."""
     whole = all(float(e).is_integer() for e in edges)
     text = [f"{int(e)}" if whole else f"{e:g}" for e in edges]
@@ -36,7 +36,7 @@ def band_labels(edges: list[float]) -> list[str]:
         f"{a}-{int(b) - 1}" if whole else f"[{a}, {c})"
         for a, b, c in zip(text, edges[1:], text[1:], strict=False)
     ]
-    return [f"<{text[0]}", *middle, f">={text[-1]}"]
+    return [f"<{text[0]}", *middle, f"{text[-1]}+" if whole else f">={text[-1]}"]
 
 
 def slice_masks(spec: SliceConfig, column: np.ndarray) -> dict[str, np.ndarray]:

@@ -78,7 +78,7 @@ def main() -> None:
         json.loads(args.baseline.read_text()),
     )
     plots["slices"] = quality.plot
-    _dump(args.slices, quality.slices)
+    write_text_atomic(args.slices, model_quality.slices_json(quality.slices))
     for name, rows in plots.items():
         _dump(args.plots / f"{name}.json", rows)
     _dump(args.metrics, {"test": scores, **quality.metric_sections})
