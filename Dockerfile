@@ -46,7 +46,8 @@ COPY docker/verify_artifacts.py /tmp/verify_artifacts.py
 RUN /opt/venv/bin/python /tmp/verify_artifacts.py --root /tmp/context --copy-to /app \
         --model-md5 "${MODEL_MD5}" \
         models/contract.json models/feature_transform.json models/model.txt \
-        models/model_metadata.json models/reference_profile.json reports/metrics.json
+        models/model_metadata.json models/reference_profile.json \
+        models/model_card.md models/model_card.html reports/metrics.json
 
 
 FROM ${BASE_IMAGE} AS runtime

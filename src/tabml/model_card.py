@@ -20,8 +20,6 @@ if TYPE_CHECKING:  # the service imports this module; it has no scikit-learn (ta
     from tabml.model_metadata import ModelMetadata
     from tabml.slices import SliceReport
 
-MARKDOWN_FILE = "model_card.md"
-HTML_FILE = "model_card.html"
 #: Where the appended lineage goes in the HTML document.
 HTML_END = "</body>"
 

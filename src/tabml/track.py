@@ -25,7 +25,14 @@ from typing import Any
 
 from tabml.config import Params
 from tabml.gate_rules import QualityEvidence
-from tabml.layout import DATA_DVC, MODEL_FILE, MODELS_DIR
+from tabml.layout import (
+    DATA_DVC,
+    MODEL_CARD_FILE,
+    MODEL_CARD_FILES,
+    MODEL_CARD_HTML_FILE,
+    MODEL_FILE,
+    MODELS_DIR,
+)
 from tabml.lineage import TAG_DVC_EXP, Lineage, collect_lineage
 from tabml.tracking import RunFiles
 from tabml.tracking_store import find_run_without_mlflow
@@ -206,6 +213,7 @@ def _log_new(
                 client, name, version, value, params.gate, promote, context, evidence
             )
             mlflow.set_tags(decision.tags(params.gate) | {"registered_version": version})
+        log_model_card(files, run.info.run_id, lineage, f"{name} v{version}", decision.passed)
 
     if decision.passed and promote:
         verdict = "promoted to champion"
@@ -230,6 +238,41 @@ def _log_new(
         decision.passed and promote,
         lines,
     )
+
+
+#: Where the model card (with the run's lineage) goes in the run's artifacts.
+MODEL_CARD_ARTIFACT_DIR = "model_card"
+
+
+def log_model_card(
+    files: RunFiles, run_id: str, lineage: Lineage, version: str, passed: bool
+) -> None:
+    """Log the workspace's model card with what only the run knows: commit, run, version and
+    gate decision (the DVC output cannot hold them and stay reproducible). The active run must
+    be `run_id`; a models directory without a card (an older commit) logs none."""
+    import mlflow
+
+    from tabml.model_card import with_lineage
+
+    card, page = (files.models / name for name in MODEL_CARD_FILES)
+    if not (card.is_file() and page.is_file()):
+        return
+    markdown_card, html_card = with_lineage(
+        card.read_text(),
+        page.read_text(),
+        "Run (added by tracking)",
+        {
+            "git commit": lineage.tags.get("git_commit"),
+            "git dirty": lineage.tags.get("git_dirty"),
+            "MLflow run": run_id,
+            "registered version": version,
+            "gate": "passed" if passed else "failed",
+            "data md5": lineage.data_md5,
+            "model md5": lineage.model_md5,
+        },
+    )
+    mlflow.log_text(markdown_card, f"{MODEL_CARD_ARTIFACT_DIR}/{MODEL_CARD_FILE}")
+    mlflow.log_text(html_card, f"{MODEL_CARD_ARTIFACT_DIR}/{MODEL_CARD_HTML_FILE}")
 
 
 def _already_tracked(
