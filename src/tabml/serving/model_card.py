@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from tabml.layout import MODEL_CARD_FILE, MODEL_CARD_FILES, MODEL_CARD_HTML_FILE, MODEL_FILE
 from tabml.model_card import with_lineage
 from tabml.serving import provenance
+from tabml.serving.schemas import ErrorResponse
 
 log = logging.getLogger("tabml.serving")
 
@@ -101,7 +102,11 @@ def router(service: Any) -> APIRouter:
                 "content": {"text/html": {}, "text/markdown": {}},
                 "description": "the card, with the serving lineage appended",
             },
-            404: {"description": "no such served version, or the version has no model card"},
+            404: {
+                "model": ErrorResponse,
+                "description": "no such served version, or the version has no model card",
+            },
+            422: {"model": ErrorResponse, "description": "`format` is neither html nor md"},
         },
     )
     async def model_card(
