@@ -74,7 +74,7 @@ def test_exactly_one_run_per_model_whatever_dvc_ran(repo_copy: Path) -> None:
     client = MlflowClient(f"sqlite:///{repo_copy}/mlflow.db")
 
     first = train(repo_copy, QUICK)
-    assert stages_run(first.stdout) == ["train", "evaluate", "profile"]
+    assert stages_run(first.stdout) == ["train", "evaluate", "model_card", "profile"]
     assert "logged run" in first.stdout
     (logged,) = runs(client)
 
