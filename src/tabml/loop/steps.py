@@ -25,6 +25,7 @@ from tabml.layout import (
     METRICS_FILE,
     PARAMS_FILE,
     REPORTS_DIR,
+    SLICES_FILE,
 )
 
 Say = Callable[[str], None]
@@ -35,6 +36,7 @@ COMMITTED = (
     PARAMS_FILE,
     DVC_YAML,
     METRICS_FILE,
+    SLICES_FILE,
     CURVES_FILE,
     REPORTS_DIR / "data_validation.json",
 )
