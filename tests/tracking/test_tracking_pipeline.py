@@ -220,7 +220,12 @@ def test_gate_registry_cli_and_rollback_against_a_real_server(
     ]
     assert any("incident 42" in line for line in history)
     first_champion = next(line for line in history if " champion " in line)
-    assert first_champion.endswith("roc_auc 0.926416 >= minimum 0.91; no current champion")
+    assert ": roc_auc 0.926416 >= minimum 0.91; no current champion; worst slice" in (
+        first_champion
+    )
+    assert first_champion.endswith(
+        "roc_auc 0.926416 >= logistic-regression baseline 0.905556 + margin 0.01"
+    )
 
     # A no-op logs nothing, on the server too, and asks it without importing MLflow.
     noop = train(
