@@ -133,3 +133,27 @@ def test_evidence_reads_the_flat_names_mlflow_logs(tmp_path: Path) -> None:
 def test_bad_rule_configuration_is_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         GateConfig.model_validate(PLAIN | bad)
+
+
+class _RecordingClient:
+    """Stands in for MlflowClient.log_batch only: what tracking would send to the store."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    def log_batch(self, run_id: str, metrics: list, synchronous: bool) -> None:
+        self.metrics |= {m.key: m.value for m in metrics if m.step == 0}
+
+
+def test_the_names_mlflow_logs_are_the_names_the_gate_reads() -> None:
+    """A sweep's best model is judged from its run's metrics (`tabml.sweep.promote_best`)."""
+    from tabml.tracking import log_metrics_and_curves
+
+    metrics = json.loads((REPO_ROOT / "reports" / "metrics.json").read_text())
+    client = _RecordingClient()
+    log_metrics_and_curves(client, "run", metrics, curve=[])
+    assert client.metrics == flat_metrics(metrics)
+    from_run = evaluate_gate(
+        metrics["test"]["roc_auc"], gate(), evidence=QualityEvidence(client.metrics)
+    )
+    assert from_run.passed and len(from_run.reasons) == 8
