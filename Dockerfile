@@ -1,6 +1,7 @@
-# The prediction service with the model locked in dvc.lock.
+# The prediction service with the model locked in dvc.lock, or a bundle of model versions.
 #
 #   docker/build-image.sh                      # computes the build arguments, then builds
+#   docker/build-image.sh --bundle DIR         # bakes a bundle (champion, challenger, route)
 #   docker run --rm -p 127.0.0.1:8000:8000 tabml-serve:<model version>
 #
 # Two stages on the same base: `build` makes a virtual environment from the hash-pinned
@@ -37,17 +38,27 @@ RUN /opt/venv/bin/pip install --no-deps --no-build-isolation /tmp/project \
     && find /opt/venv -depth -type d -name tests -exec rm -rf {} +
 
 # The model: copy what the build context has, refuse it unless every md5 equals dvc.lock's,
-# and pass on only the verified files (to /app, the service's working directory).
+# and pass on only the verified files (to /app, the service's working directory). With a
+# bundle (BUNDLE_DIR, staged by build-image.sh --bundle), the bundle instead: every file checked
+# along its md5 chain, the champion's model md5 against MODEL_MD5, copied to /app/bundle.
 ARG MODEL_MD5=""
+ARG BUNDLE_DIR=docker/no-bundle
 COPY dvc.lock /tmp/context/dvc.lock
 COPY models/ /tmp/context/models/
 COPY reports/metrics.json /tmp/context/reports/metrics.json
+COPY ${BUNDLE_DIR}/ /tmp/context/bundle/
 COPY docker/verify_artifacts.py /tmp/verify_artifacts.py
-RUN /opt/venv/bin/python /tmp/verify_artifacts.py --root /tmp/context --copy-to /app \
-        --model-md5 "${MODEL_MD5}" \
-        models/contract.json models/feature_transform.json models/model.txt \
-        models/model_metadata.json models/reference_profile.json \
-        models/model_card.md models/model_card.html reports/metrics.json
+RUN if [ -f /tmp/context/bundle/bundle.json ]; then \
+        mkdir -p /app \
+        && /opt/venv/bin/python -m tabml.bundle_check /tmp/context/bundle \
+            --model-md5 "${MODEL_MD5}" --copy-to /app/bundle; \
+    else \
+        /opt/venv/bin/python /tmp/verify_artifacts.py --root /tmp/context --copy-to /app \
+            --model-md5 "${MODEL_MD5}" \
+            models/contract.json models/feature_transform.json models/model.txt \
+            models/model_metadata.json models/reference_profile.json \
+            models/model_card.md models/model_card.html reports/metrics.json; \
+    fi
 
 
 FROM ${BASE_IMAGE} AS runtime
@@ -97,8 +108,12 @@ ARG GIT_COMMIT=""
 ARG GIT_DIRTY=""
 ARG MODEL_MD5=""
 ARG MODEL_VERSION=""
+# With a baked bundle: /app/bundle, and no version override (the bundle names its versions).
+ARG SERVE_BUNDLE=""
+ARG SERVE_MODEL_VERSION=${MODEL_VERSION}
 ENV TABML_GIT_COMMIT=${GIT_COMMIT} \
-    TABML_MODEL_VERSION=${MODEL_VERSION}
+    TABML_MODEL_VERSION=${SERVE_MODEL_VERSION} \
+    TABML_BUNDLE=${SERVE_BUNDLE}
 LABEL org.opencontainers.image.title="tabml prediction service" \
       org.opencontainers.image.description="FastAPI service for the LightGBM model locked in dvc.lock (model md5 ${MODEL_MD5})" \
       org.opencontainers.image.licenses="MIT" \

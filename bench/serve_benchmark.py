@@ -138,6 +138,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def background_cpu(url: str) -> dict[str, float]:
+    """The service's own account of its off-response-path CPU seconds so far, by task
+    (`tabml_background_cpu_seconds_total`: monitor, shadow)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "tabml_background_cpu_seconds_total":
+                found[sample.labels["task"]] = sample.value
+    return found
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}

@@ -63,6 +63,7 @@ from tests.processes import free_port  # noqa: E402
 
 from serve_benchmark import (  # noqa: E402
     LUA,
+    background_cpu,
     cpu_seconds,
     load_data,
     machine,
@@ -154,10 +155,15 @@ def check_answers(server: Server, records: list[dict[str, Any]], offline: dict[s
 
 def measure(server: Server, bodies: Path, script: Path, connections: int, seconds: int):
     assert server.process is not None
+    own = background_cpu(server.url)
     before = cpu_seconds(server.process.pid)
     sample = wrk(server.url + "/predict", bodies, script, connections, seconds)
     cpu = cpu_seconds(server.process.pid) - before
-    sample["cpu_ms_per_request"] = cpu * 1e3 / max(sample["rps"] * seconds, 1)
+    requests = max(sample["rps"] * seconds, 1)
+    sample["cpu_ms_per_request"] = cpu * 1e3 / requests
+    time.sleep(0.3)  # the last drains of the run (every 0.1 s)
+    for task, total in background_cpu(server.url).items():
+        sample[f"{task}_cpu_ms_per_request"] = (total - own[task]) * 1e3 / requests
     return sample
 
 
@@ -279,6 +285,14 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     )
     challenger_cpu = results["challenger_cpu_ms_per_record"]
     in_process = results["in_process_shadow_extra_cpu_ms_per_request"]
+    # What the shadow server says its challenger cost it: the scoring (task shadow) and the
+    # challenger's log events and drift window (the monitor's CPU beyond champion-only's).
+    reported = statistics.median(
+        s["shadow_cpu_ms_per_request"] + s["monitor_cpu_ms_per_request"]
+        - a["monitor_cpu_ms_per_request"]
+        for s, a in zip(shadow["single c=8"]["runs"], alone["single c=8"]["runs"], strict=True)
+    )  # fmt: skip
+    results["shadow_reported_cpu_ms_per_request"] = round(reported, 4)
     return [
         {
             "goal": f"{CANARY} single-record req/s at c=8 >= 95% of champion-only",
@@ -294,11 +308,12 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "goal": "shadow: throughput loss only the challenger's CPU",
             "measured": f"req/s at c=8 {shadow_rps:.1%} of champion-only; extra server CPU "
-            f"{extra_cpu:.3f} ms/request over HTTP vs {in_process:.3f} ms/request of shadow "
-            f"work in process (challenger scoring {challenger_cpu:.3f} ms/record, plus its "
-            "log events and drift window)",
-            # nothing beyond the shadow work itself (within measurement noise)
-            "met": extra_cpu <= 1.5 * in_process + 0.01,
+            f"{extra_cpu:.3f} ms/request, of which the server reports {reported:.3f} ms/request "
+            "as the challenger's (its scoring, log events and drift window); in process, "
+            f"without HTTP, the same work takes {in_process:.3f} ms/request (challenger "
+            f"scoring alone {challenger_cpu:.4f} ms/record)",
+            # the extra CPU is the challenger's work (within measurement noise), nothing else
+            "met": extra_cpu <= 1.25 * reported + 0.01,
         },
     ]
 

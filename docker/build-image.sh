@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the serving image from the Dockerfile, with the provenance build arguments filled in.
 #
-#   docker/build-image.sh [-t TAG] [--context DIR] [-- EXTRA DOCKER BUILD ARGS...]
+#   docker/build-image.sh [-t TAG] [--context DIR] [--bundle DIR] [-- EXTRA DOCKER BUILD ARGS...]
 #
 # Reads from the context's dvc.lock the md5 of models/model.txt (label org.tabml.model.md5;
 # the build checks it, and every artifact, against dvc.lock), derives the model version (the
@@ -11,6 +11,10 @@
 #   -t TAG          image tag, may be repeated (default: tabml-serve:<model version> and
 #                   tabml-serve:latest)
 #   --context DIR   build context holding the Dockerfile (default: this repository)
+#   --bundle DIR    bake this bundle (tabml-registry export) instead of the context's models/:
+#                   staged as <context>/docker/.bundle for the build, every file verified by
+#                   the build, served as TABML_BUNDLE=/app/bundle with its route; the labels
+#                   name its champion (model md5, version id)
 #
 # Environment:
 #   TABML_BASE_IMAGE  base image, passed as the build argument BASE_IMAGE (default
@@ -26,6 +30,7 @@ set -euo pipefail
 die() { printf '[build-image] ERROR: %s\n' "$*" >&2; exit 1; }
 
 CONTEXT=$(cd "$(dirname "$0")/.." && pwd)
+BUNDLE=""
 TAGS=()
 while (($#)); do
     case $1 in
@@ -37,6 +42,11 @@ while (($#)); do
         --context)
             (($# >= 2)) || die "$1 needs a value"
             CONTEXT=$(cd "$2" && pwd)
+            shift
+            ;;
+        --bundle)
+            (($# >= 2)) || die "$1 needs a value"
+            BUNDLE=$2
             shift
             ;;
         -h | --help)
@@ -85,6 +95,27 @@ MODEL_MD5=$(awk '
 ' "$LOCK")
 [[ $MODEL_MD5 =~ ^[0-9a-f]{32}$ ]] ||
     die "dvc.lock records no md5 for models/model.txt: run \`python src/train.py\` first"
+bundle_args=()
+if [[ -n $BUNDLE ]]; then
+    [[ -f $BUNDLE/bundle.json ]] || die "$BUNDLE is not a bundle (no bundle.json); write one with \`tabml-registry export\`"
+    # The champion's id and model md5, for the labels (the build checks the md5 against the
+    # bundle's files).
+    read -r champion MODEL_MD5 < <(python3 - "$BUNDLE" <<'PY'
+import json, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+champion = json.loads((root / "bundle.json").read_text())["champion"]
+print(champion, json.loads((root / champion / "provenance.json").read_text())["model_md5"])
+PY
+    ) || die "cannot read the champion of $BUNDLE"
+    MODEL_VERSION=${MODEL_VERSION:-$champion}
+    staged=$CONTEXT/docker/.bundle
+    rm -rf "$staged"
+    trap 'rm -rf "$staged"' EXIT
+    cp -rL "$BUNDLE/." "$staged"  # a published bundle is a symlink to its generation
+    bundle_args=(--build-arg "BUNDLE_DIR=docker/.bundle" --build-arg "SERVE_BUNDLE=/app/bundle"
+        --build-arg "SERVE_MODEL_VERSION=")
+fi
 MODEL_VERSION=${MODEL_VERSION:-${MODEL_MD5:0:12}}
 
 GIT_COMMIT=""
@@ -116,9 +147,9 @@ for tag in "${TAGS[@]}"; do
     tag_args+=(--tag "$tag")
 done
 
-printf '[build-image] base %s, model md5 %s, version %s, commit %s%s (DOCKER_BUILDKIT=%s)\n' \
+printf '[build-image] base %s, model md5 %s, version %s, commit %s%s%s (DOCKER_BUILDKIT=%s)\n' \
     "$BASE_IMAGE" "$MODEL_MD5" "$MODEL_VERSION" "${GIT_COMMIT:-unknown}" \
-    "$([[ $GIT_DIRTY == true ]] && echo ' (dirty)')" "$DOCKER_BUILDKIT"
+    "$([[ $GIT_DIRTY == true ]] && echo ' (dirty)')" "${BUNDLE:+, bundle $BUNDLE}" "$DOCKER_BUILDKIT"
 
 "$DOCKER" build \
     --file "$CONTEXT/Dockerfile" \
@@ -129,6 +160,7 @@ printf '[build-image] base %s, model md5 %s, version %s, commit %s%s (DOCKER_BUI
     --build-arg "GIT_COMMIT=$GIT_COMMIT" \
     --build-arg "GIT_DIRTY=$GIT_DIRTY" \
     "${passthrough[@]}" \
+    "${bundle_args[@]}" \
     "${tag_args[@]}" \
     "$@" \
     "$CONTEXT"

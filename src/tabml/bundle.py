@@ -2,6 +2,7 @@
 its artifacts and where they came from, in one directory that is checked file by file on load.
 
     <bundle>/bundle.json            {"format": 1, "champion": "v3", "challenger": "v4",
+                                     "route": "canary:0.1",   (optional)
                                      "versions": {"v3": {"provenance_md5": "..."}, ...}}
     <bundle>/v3/provenance.json     md5 of every file, model md5 from its commit's dvc.lock,
                                     data md5, git commit, registered name/version/aliases, metrics
@@ -12,10 +13,19 @@ The chain of md5s runs bundle.json → provenance.json → each file, so no byte
 change unnoticed; the model file's md5 must also be the one its dvc.lock recorded. A plain
 `models/` directory checked against its checkout's `dvc.lock` is a valid one-version bundle.
 
+The optional `route` (`champion`, `canary:<fraction>`, `shadow`; `tabml.serving.traffic_split`)
+travels with the versions it splits, so a reload changes the routing together with them (a
+service started with `--route`/`TABML_ROUTE` keeps that one instead). A route other than
+`champion` needs a challenger.
+
 `write_bundle` builds a new generation in a hidden sibling directory and publishes it by
 atomically replacing a symlink, so a reader (a service reloading on SIGHUP) sees the old bundle
 or the new one, never a mix, and a failed write leaves the old one in place. Files and hashes
 only (no MLflow, no FastAPI): the registry CLI writes bundles and the service reads them.
+
+About 500 lines: the format (the md5 chain), reading and verifying it, and publishing a new
+generation atomically are one contract between writers and readers; `bundle_export` (MLflow)
+and `bundle_check` (image builds) are its clients.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tabml.data import file_md5
 from tabml.errors import TabmlError
@@ -47,6 +57,7 @@ from tabml.layout import (
     MODELS_DIR,
 )
 from tabml.lockfile import Lock, LockFileError, read_lock
+from tabml.serving.traffic_split import CHAMPION_ONLY, parse_route
 
 FORMAT = 1
 MANIFEST_FILE = "bundle.json"
@@ -91,7 +102,13 @@ class _Manifest(_Strict):
     format: Literal[1]
     champion: str
     challenger: str | None = None
+    route: str | None = None
     versions: dict[str, _VersionEntry]
+
+    @field_validator("route")
+    @classmethod
+    def _known_route(cls, value: str | None) -> str | None:
+        return None if value is None else str(parse_route(value))
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,8 @@ class Bundle:
     champion: str
     challenger: str | None
     versions: dict[str, BundleVersion]
+    #: the route bundle.json states, or None (the service's own setting, or champion)
+    route: str | None = None
 
     @property
     def roles(self) -> dict[str, str]:
@@ -328,8 +347,9 @@ def load_bundle(path: Path, dvc_lock: Path | None = None) -> Bundle:
     root = path.resolve()  # one generation throughout, even if the bundle is replaced meanwhile
     manifest = _parse(_Manifest, manifest_file, _read(root / MANIFEST_FILE))
     _check_roles(list(manifest.versions), manifest.champion, manifest.challenger, manifest_file)
+    _check_route(manifest.route, manifest.challenger, manifest_file)
     versions = {v: _load_version(root, v, entry) for v, entry in manifest.versions.items()}
-    return Bundle(root, manifest.champion, manifest.challenger, versions)
+    return Bundle(root, manifest.champion, manifest.challenger, versions, manifest.route)
 
 
 def _check_roles(ids: list[str], champion: str, challenger: str | None, where: object) -> None:
@@ -349,6 +369,11 @@ def _check_roles(ids: list[str], champion: str, challenger: str | None, where: o
         raise BundleError(f"{where}: version(s) {roleless} are neither champion nor challenger")
 
 
+def _check_route(route: str | None, challenger: str | None, where: object) -> None:
+    if route is not None and str(parse_route(route)) != CHAMPION_ONLY and challenger is None:
+        raise BundleError(f"{where}: route {route} needs a challenger, and there is none")
+
+
 # ---------------------------------------------------------------------------------- writing
 
 
@@ -356,7 +381,8 @@ def _json(document: object) -> bytes:
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _build(generation: Path, versions: Sequence[BundleVersion], roles: dict[str, str]) -> None:
+def _build(generation: Path, versions: Sequence[BundleVersion], header: dict[str, str]) -> None:
+    """`header`: the manifest's roles (and route) to write before its versions."""
     entries = {}
     for version in versions:
         target = generation / version.id
@@ -372,7 +398,7 @@ def _build(generation: Path, versions: Sequence[BundleVersion], roles: dict[str,
         provenance = _json(version.provenance.model_dump(mode="json"))
         (target / PROVENANCE_FILE).write_bytes(provenance)
         entries[version.id] = {"provenance_md5": file_md5(target / PROVENANCE_FILE)}
-    manifest = {"format": FORMAT, **roles, "versions": entries}
+    manifest = {"format": FORMAT, **header, "versions": entries}
     (generation / MANIFEST_FILE).write_bytes(_json(manifest))
 
 
@@ -417,18 +443,27 @@ def write_bundle(
     versions: Sequence[BundleVersion],
     champion: str,
     challenger: str | None = None,
+    route: str | None = None,
 ) -> Bundle:
     """Copy `versions` (each exactly the champion or the challenger) into a new bundle at
     `dest`, verify it, and publish it atomically; an existing bundle stays until the new one is
-    complete. `dest` becomes a symlink to a hidden sibling `.<name>.gen-*` directory."""
+    complete. `dest` becomes a symlink to a hidden sibling `.<name>.gen-*` directory. `route`
+    (optional) is written as given, normalised (`canary:0.10` → `canary:0.1`)."""
     dest = Path(dest).absolute()
     _check_roles([v.id for v in versions], champion, challenger, "bundle")
-    roles = {CHAMPION: champion} | ({CHALLENGER: challenger} if challenger else {})
+    if route is not None:
+        try:
+            route = str(parse_route(route))
+        except ValueError as exc:
+            raise BundleError(str(exc)) from None
+    _check_route(route, challenger, "bundle")
+    header = {CHAMPION: champion}
+    header |= ({CHALLENGER: challenger} if challenger else {}) | ({"route": route} if route else {})
     dest.parent.mkdir(parents=True, exist_ok=True)
     generation = Path(tempfile.mkdtemp(prefix=f".{dest.name}.gen-", dir=dest.parent))
     try:
         os.chmod(generation, 0o755)  # readable by a service running as another user
-        _build(generation, versions, roles)
+        _build(generation, versions, header)
         load_bundle(generation)
         with _publish_lock(dest):
             _publish(dest, generation)
@@ -436,3 +471,13 @@ def write_bundle(
         shutil.rmtree(generation, ignore_errors=True)
         raise
     return load_bundle(dest)
+
+
+def reroute_bundle(dest: Path, route: str | None) -> Bundle:
+    """The bundle at `dest` with the same versions and a new route (None: no route of its
+    own); published like any other bundle, so a reload picks it up."""
+    if not (Path(dest) / MANIFEST_FILE).is_file():
+        raise BundleError(f"{dest} is not a bundle (no {MANIFEST_FILE}): it cannot hold a route")
+    current = load_bundle(dest)
+    versions = list(current.versions.values())
+    return write_bundle(dest, versions, current.champion, current.challenger, route)

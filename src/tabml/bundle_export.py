@@ -97,33 +97,43 @@ def export_version(client: MlflowClient, name: str, version: str, workdir: Path)
 
 
 def export_bundle(
-    client: MlflowClient, name: str, champion: str, challenger: str | None, dest: Path
+    client: MlflowClient,
+    name: str,
+    champion: str,
+    challenger: str | None,
+    dest: Path,
+    route: str | None = None,
 ) -> Bundle:
-    """Write a bundle of registered versions `champion` (and `challenger`) of `name` to `dest`."""
+    """Write a bundle of registered versions `champion` (and `challenger`) of `name` to `dest`,
+    with `route` in its manifest if given."""
     if challenger == champion:
         raise BundleError(f"champion and challenger are both {name} v{champion}")
     numbers = [champion] if challenger is None else [champion, challenger]
     with tempfile.TemporaryDirectory(prefix="tabml-export-") as tmp:
         versions = [export_version(client, name, number, Path(tmp) / number) for number in numbers]
         ids = [version.id for version in versions]
-        return write_bundle(dest, versions, ids[0], ids[1] if challenger else None)
+        return write_bundle(dest, versions, ids[0], ids[1] if challenger else None, route)
 
 
-def export_aliases(client: MlflowClient, name: str, aliases: list[str], dest: Path) -> Bundle:
+def export_aliases(
+    client: MlflowClient, name: str, aliases: list[str], dest: Path, route: str | None = None
+) -> Bundle:
     """The first alias's version is the champion, the second's (if any) the challenger."""
     if not 1 <= len(aliases) <= 2:
         raise BundleError(f"give one or two aliases (champion, then challenger), not {aliases}")
     numbers = [resolve_alias(client, name, alias) for alias in aliases]
     if len(numbers) == 2 and numbers[0] == numbers[1]:
         raise BundleError(f"aliases {aliases[0]!r} and {aliases[1]!r} both point at v{numbers[0]}")
-    return export_bundle(client, name, numbers[0], numbers[1] if len(numbers) == 2 else None, dest)
+    challenger = numbers[1] if len(numbers) == 2 else None
+    return export_bundle(client, name, numbers[0], challenger, dest, route)
 
 
 def rewrite_bundle(client: MlflowClient, name: str, dest: Path) -> Bundle:
     """After `champion` moved: the registry's champion, and the bundle's challenger unless it
-    has just become champion (promoting the challenger empties the slot)."""
+    has just become champion (promoting the challenger empties the slot). The bundle's route
+    stays while there is a challenger to route to, and goes with it."""
     champion = resolve_alias(client, name, CHAMPION)
-    challenger = None
+    challenger = route = None
     if Path(dest).exists():
         current = load_bundle(dest)
         if current.challenger is not None:
@@ -134,4 +144,5 @@ def rewrite_bundle(client: MlflowClient, name: str, dest: Path) -> Bundle:
                     f"{name}; export the bundle afresh"
                 )
             challenger = kept.registered_version if kept.registered_version != champion else None
-    return export_bundle(client, name, champion, challenger, dest)
+        route = current.route if challenger is not None else None
+    return export_bundle(client, name, champion, challenger, dest, route)

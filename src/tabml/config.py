@@ -112,6 +112,8 @@ class BaselineConfig(_Section):
 
 class EvaluateConfig(_Section):
     calibration_bins: int = Field(ge=2)
+    #: test rows (seeded sample) for the global importance by mean |TreeSHAP|; 0: all
+    importance_rows: int = Field(ge=0)
     #: Slices with fewer test rows are reported but left out of the worst-slice figure.
     min_slice_rows: int = Field(ge=1)
     slices: list[SliceConfig]

@@ -11,13 +11,18 @@ sqlite store), so inside the project no option is needed.
   tabml-registry history
   tabml-registry track              # log the workspace model after a plain `dvc repro`
 
-  tabml-registry export --alias champion --alias candidate --out /srv/tabml/bundle
+  tabml-registry export --alias champion --alias candidate --out /srv/tabml/bundle \
+      --route canary:0.1
+  tabml-registry route canary:0.5 --bundle /srv/tabml/bundle --reload-pid "$(pgrep -o tabml-serve)"
   tabml-registry promote 4 --bundle /srv/tabml/bundle --reload-url http://tabml-serve:8000
   tabml-registry rollback --bundle /srv/tabml/bundle --reload-pid "$(pgrep -o tabml-serve)"
 
 `export` writes a bundle (tabml.bundle): the first alias's version as champion, the second's as
-challenger. `--bundle` on promote and rollback rewrites it after moving the alias: the new
-champion, and the bundle's challenger unless it has just become champion. `--reload-url` POSTs
+challenger, and `--route` the routing between them that the bundle carries (a service started
+without `--route`/`TABML_ROUTE` follows it, reload after reload). `route` rewrites only a
+bundle's route (`default`: none of its own). `--bundle` on promote and rollback rewrites it after
+moving the alias: the new champion, and the bundle's challenger (and route) unless it has just
+become champion. `--reload-url` POSTs
 <url>/admin/reload with the token in TABML_ADMIN_TOKEN, `--reload-pid` sends SIGHUP: the service
 loads the new bundle (tabml.service_reload).
 """
@@ -61,7 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="champion's alias, then (optional, repeat the option) the challenger's",
     )
+    export.add_argument("--route", help="champion | canary:<fraction> | shadow, kept in the bundle")
     _bundle_options(export, "--out", "the bundle directory to write", required=True)
+    route = commands.add_parser(
+        "route", help="change the route a bundle carries (no registry needed)"
+    )
+    route.add_argument("route", help="champion | canary:<fraction> | shadow, or `default` for none")
+    _bundle_options(route, "--bundle", "the bundle to rewrite", required=True)
     commands.add_parser("history", help="every recorded alias move, oldest first")
     commands.add_parser(
         "track",
@@ -132,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     reloads = getattr(args, "reload_url", None) or getattr(args, "reload_pid", None)
     if reloads and getattr(args, "bundle", None) is None:
         parser.error("--reload-url and --reload-pid need --bundle")
+    if args.command == "route":
+        return _reroute(args)
     try:
         uri, name = _defaults(args)
         check_reachable(uri)
@@ -187,14 +200,38 @@ def _admin_token(args: argparse.Namespace) -> str | None:
 def _write_bundle(client, name: str, args: argparse.Namespace, token: str | None) -> int:
     """Export (or, after promote and rollback, rewrite) the bundle, then ask for a reload."""
     from tabml.bundle_export import export_aliases, rewrite_bundle
-    from tabml.service_reload import ReloadError, reload_by_signal, reload_over_http
 
     if args.command == "export":
-        bundle = export_aliases(client, name, args.alias, args.bundle)
+        bundle = export_aliases(client, name, args.alias, args.bundle, args.route)
     else:
         bundle = rewrite_bundle(client, name, args.bundle)
+    _wrote(args.bundle, bundle)
+    return _reload(args, token)
+
+
+def _reroute(args: argparse.Namespace) -> int:
+    from tabml.bundle import reroute_bundle
+
+    try:
+        token = _admin_token(args)
+        bundle = reroute_bundle(args.bundle, None if args.route == "default" else args.route)
+    except TabmlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _wrote(args.bundle, bundle)
+    return _reload(args, token)
+
+
+def _wrote(path: Path, bundle) -> None:
     roles = ", ".join(f"{role} {version}" for role, version in bundle.roles.items())
-    print(f"wrote bundle {args.bundle}: {roles}")
+    route = f", route {bundle.route}" if bundle.route else ""
+    print(f"wrote bundle {path}: {roles}{route}")
+
+
+def _reload(args: argparse.Namespace, token: str | None) -> int:
+    """Ask the service to load the bundle just written, as the options say."""
+    from tabml.service_reload import ReloadError, reload_by_signal, reload_over_http
+
     try:
         if args.reload_url:
             assert token is not None

@@ -8,7 +8,8 @@ from typing import Any
 
 
 def render_plots(plots_dir: Path, curve: list[dict]) -> dict[str, Any]:
-    """Figure name → matplotlib figure: ROC, precision-recall, calibration, importance, AUC."""
+    """Figure name → matplotlib figure: ROC, precision-recall, calibration, importance (gain,
+    mean |TreeSHAP|), AUC."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,6 +44,14 @@ def render_plots(plots_dir: Path, curve: list[dict]) -> dict[str, Any]:
     ax.set(xlabel="gain", title="Feature importance")
     fig.tight_layout()
     figures["feature_importance"] = fig
+    contributions = load("contribution_importance")[::-1]  # stored largest first
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.barh(
+        [r["feature"] for r in contributions], [r["mean_abs_contribution"] for r in contributions]
+    )
+    ax.set(xlabel="mean |TreeSHAP contribution| (logit)", title="Importance by raw input")
+    fig.tight_layout()
+    figures["contribution_importance"] = fig
     fig, ax = plt.subplots(figsize=(5, 4))
     for key in ("train_auc", "valid_auc"):
         ax.plot([r["iteration"] for r in curve], [r[key] for r in curve], label=key)

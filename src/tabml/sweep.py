@@ -12,6 +12,9 @@ is tracked from its committed outputs (`track_experiments`): one MLflow run per 
 The native equivalent is `dvc exp run --queue -S 'model.learning_rate=0.03,0.1' ...` followed
 by `dvc queue start`. Queued experiments see only what git tracks (plus uncommitted changes to
 tracked files): commit new files first.
+
+About 320 lines: expanding, queueing, waiting for and tracking one sweep are steps of one
+command, each short; split, the order they depend on would be harder to see.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ import yaml
 from tests.conftest import REPO_ROOT
 from tests.processes import free_port
 
+from tabml.data import file_md5
 from tabml.lockfile import read_lock
 
 BUILD_SCRIPT = REPO_ROOT / "docker" / "build-image.sh"
@@ -127,13 +128,13 @@ def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     return result
 
 
-def build_image(context: Path, tag: str) -> subprocess.CompletedProcess:
+def build_image(context: Path, tag: str, *options: str) -> subprocess.CompletedProcess:
     """docker/build-image.sh, output of docker build included (stdout and stderr merged)."""
     env = dict(os.environ, TABML_BASE_IMAGE=BASE_IMAGE)
     if DOCKER:
         env["DOCKER"] = DOCKER
     return subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--context", str(context), "-t", tag],
+        ["bash", str(BUILD_SCRIPT), "--context", str(context), "-t", tag, *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -351,24 +352,38 @@ def test_verify_artifacts_accepts_locked_files_and_names_every_problem(tmp_path:
 
 
 @needs_engine
-def test_predictions_equal_offline_predictions(container: Container) -> None:
+def held_out_rows(models: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """The first TEST_ROWS held-out rows, as request records and as columns."""
     import pyarrow.parquet as pq
 
+    from tabml.contract import DataContract
+
+    contract = DataContract.load(models / "contract.json")
+    table = pq.read_table(REPO_ROOT / "artifacts" / "prepared" / "test.parquet")
+    rows = table.slice(0, TEST_ROWS).select(contract.feature_names)
+    columns = {n: rows.column(n).to_numpy(zero_copy_only=False) for n in rows.column_names}
+    return rows.to_pylist(), columns
+
+
+def offline_probabilities(models: Path, columns: dict[str, np.ndarray]) -> np.ndarray:
     from tabml.contract import DataContract
     from tabml.features import FeatureTransform
     from tabml.model import load_booster, predict_proba
 
+    contract = DataContract.load(models / "contract.json")
+    transform = FeatureTransform.load(models / "feature_transform.json", contract)
+    return predict_proba(load_booster(models / "model.txt"), transform.transform(columns))
+
+
+def test_predictions_equal_offline_predictions(container: Container) -> None:
+    from tabml.contract import DataContract
+
     models = REPO_ROOT / "models"
     contract = DataContract.load(models / "contract.json")
-    table = pq.read_table(REPO_ROOT / "artifacts" / "prepared" / "test.parquet")
-    rows = table.slice(0, TEST_ROWS).select(contract.feature_names)
-    records = rows.to_pylist()
+    records, columns = held_out_rows(models)
     assert len(records) == TEST_ROWS
     assert any(None in r.values() for r in records), "the sample should hold missing values"
-
-    columns = {n: rows.column(n).to_numpy(zero_copy_only=False) for n in rows.column_names}
-    transform = FeatureTransform.load(models / "feature_transform.json", contract)
-    offline = predict_proba(load_booster(models / "model.txt"), transform.transform(columns))
+    offline = offline_probabilities(models, columns)
 
     status, body = http("POST", f"{container.url}/predict", records)
     assert status == 200, body
@@ -504,3 +519,65 @@ def test_build_refuses_artifacts_that_differ_from_dvc_lock(
     finally:
         remove_failed_build(result.stdout)
         docker("image", "rm", tag, check=False)
+
+
+@needs_engine
+def test_a_baked_bundle_is_served_with_its_route_and_a_tampered_one_refused(
+    image: Image, tmp_path: Path
+) -> None:
+    """`build-image.sh --bundle`: champion and challenger in the image, the bundle's route in
+    force (TABML_ROUTE still overrides it), every answer exact for the version that gave it."""
+    from tests.artifacts import snapshot_serving_artifacts
+    from tests.model_versions import bundle_of, train_challenger
+
+    from tabml.bundle import load_bundle, reroute_bundle
+
+    champion = snapshot_serving_artifacts(tmp_path / "champion")
+    challenger = train_challenger(champion, tmp_path / "challenger")
+    bundle = bundle_of(tmp_path / "bundle", champion, challenger)
+    reroute_bundle(bundle, "canary:1")
+    ids = load_bundle(bundle).roles
+    records, columns = held_out_rows(champion / "models")
+    expected = {
+        ids["champion"]: offline_probabilities(champion / "models", columns),
+        ids["challenger"]: offline_probabilities(challenger / "models", columns),
+    }
+    tag = f"tabml-serve-test:bundle-{uuid.uuid4().hex[:8]}"
+    built = build_image(REPO_ROOT, tag, "--bundle", str(bundle))
+    try:
+        assert built.returncode == 0, built.stdout[-4000:]
+        assert "every file verified" in built.stdout
+        assert not (REPO_ROOT / "docker" / ".bundle").exists()  # the staged copy is gone
+        labels = json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}", tag).stdout)
+        assert labels["org.tabml.model.md5"] == file_md5(champion / "models" / "model.txt")
+        assert labels["org.tabml.model.version"] == ids["champion"]
+        for env, answering in (({}, "challenger"), ({"TABML_ROUTE": "champion"}, "champion")):
+            running = start_container(tag, env=env)
+            try:
+                status, meta = http("GET", f"{running.url}/metadata")
+                assert status == 200, meta
+                assert meta["serving"]["challenger"]["version"] == ids["challenger"]
+                assert meta["serving"]["route_from"] == ("setting" if env else "bundle.json")
+                status, body = http("POST", f"{running.url}/predict", records)
+                assert status == 200, body
+                assert body["model_version"] == ids[answering]
+                served = np.array([p["probability"] for p in body["predictions"]])
+                assert np.array_equal(served, expected[ids[answering]])
+            finally:
+                docker("rm", "-f", running.id, check=False)
+    finally:
+        docker("image", "rm", "--no-prune", tag, check=False)
+
+    victim = bundle / ids["challenger"] / "model.txt"
+    before = file_md5(victim)
+    victim.write_bytes(victim.read_bytes() + b"\n")
+    refused_tag = f"tabml-serve-test:bundle-refused-{uuid.uuid4().hex[:8]}"
+    refused = build_image(REPO_ROOT, refused_tag, "--bundle", str(bundle))
+    try:
+        assert refused.returncode != 0, "the build should have failed"
+        assert f"model.txt: md5 {file_md5(victim)}, but" in refused.stdout, refused.stdout[-4000:]
+        assert before in refused.stdout
+        assert docker("image", "inspect", refused_tag, check=False).returncode != 0
+    finally:
+        remove_failed_build(refused.stdout)
+        docker("image", "rm", refused_tag, check=False)

@@ -170,13 +170,15 @@ def test_non_root_and_locked_down() -> None:
     assert "add" not in security["capabilities"]
     assert security["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod["automountServiceAccountToken"] is False
-    # The only writable path is an emptyDir at TMPDIR, where tabml-serve puts the
-    # prometheus-client multiprocess directory.
+    # The only writable paths are emptyDirs: TMPDIR, where tabml-serve puts the
+    # prometheus-client multiprocess directory, and the prediction log's directory (bounded,
+    # so a log nobody ships cannot fill the node).
     env = {e["name"]: e["value"] for e in c["env"]}
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert env["TMPDIR"] in mounts
+    assert set(mounts) == {env["TMPDIR"], env["TABML_PREDICTION_LOG_DIR"]}
     assert "emptyDir" in volumes[mounts[env["TMPDIR"]]]
+    assert volumes[mounts[env["TABML_PREDICTION_LOG_DIR"]]]["emptyDir"]["sizeLimit"]
     assert "PROMETHEUS_MULTIPROC_DIR" not in env or env["PROMETHEUS_MULTIPROC_DIR"].startswith(
         env["TMPDIR"]
     )

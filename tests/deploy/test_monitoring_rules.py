@@ -27,23 +27,29 @@ ALERTS = MONITORING / "alerts.yaml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 MONITOR = load_params(REPO_ROOT / "params.yaml").monitor
 
-# Every series tabml-serve exposes for monitoring (histograms by their _bucket series).
-SERVICE_METRICS = {
-    "tabml_http_requests_total",
-    "tabml_http_request_duration_seconds_bucket",
-    "tabml_predicted_rows_total",
-    "tabml_validation_errors_total",
-    "tabml_feature_psi",
-    "tabml_prediction_psi",
-    "tabml_drift_window_records",
-    "tabml_realized_accuracy",
-    "tabml_realized_roc_auc",
-    "tabml_feedback_total",
-    "tabml_feedback_unmatched_total",
-    "tabml_prediction_log_dropped_total",
-    "tabml_ready",
-    "tabml_model_info",
-}
+
+def service_metrics() -> set[str]:
+    """Every series a serving process exposes (histograms by their _bucket series), read from a
+    real `ServiceMetrics` registry with its scrape-time monitoring collector filled in."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tabml.serving.metrics import MonitorCollector, ServiceMetrics, VersionMonitoring
+
+    metrics = ServiceMetrics(["age"])
+    full = VersionMonitoring("v1", 10, {"age": 0.1}, 0.1, 500, 0.8, 0.9)
+    metrics.add_collector(MonitorCollector(lambda: [full]))
+    names = set()
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        if not family.name.startswith("tabml_") or family.name.endswith("_created"):
+            continue  # the process and platform collectors; counters' creation times
+        kind = {"counter": "_total", "histogram": "_bucket"}.get(family.type, "")
+        names.add(family.name + kind)
+    return names
+
+
+# Every series tabml-serve exposes for monitoring; the dashboard shows each of them.
+SERVICE_METRICS = service_metrics()
+
 # The ones the alert rules use.
 RULE_METRICS = {
     "tabml_http_requests_total",

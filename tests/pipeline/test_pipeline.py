@@ -159,7 +159,8 @@ def test_dvc_plots_render_every_plot(trained_repo: Path, tmp_path: Path) -> None
         "Precision-recall",
         "Confusion matrix",
         "Calibration",
-        "Feature importance",
+        "Feature importance (gain)",
+        "Feature importance (mean |TreeSHAP contribution|",
         "ROC AUC by slice",
         "AUC by boosting iteration",
     ):

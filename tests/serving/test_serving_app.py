@@ -153,6 +153,7 @@ def test_metrics_exposition(workspace: Any, test_set: Any) -> None:
         fresh.post("/predict", json=test_set.records[10])
         fresh.post("/predict", json=test_set.records[11:111])  # > 32 rows: bulk histogram update
         fresh.post("/predict", json={**test_set.records[0], "sex": "?"})
+        time.sleep(0.2)  # the monitor's drain (every 20 ms) takes the answered requests
         response = fresh.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -177,6 +178,9 @@ def test_metrics_exposition(workspace: Any, test_set: Any) -> None:
         key = f'tabml_prediction_score_bucket{{le="{bound}",{version}}}'
         assert samples[key] == np.sum(expected <= float(bound))
     assert samples[f"tabml_predicted_positive_total{{{version}}}"] == np.sum(expected >= 0.5)
+    assert samples['tabml_background_cpu_seconds_total{task="shadow"}'] == 0  # no challenger
+    # the monitor's own CPU (windows, index) is counted once its drain has taken the requests
+    assert samples['tabml_background_cpu_seconds_total{task="monitor"}'] > 0
     assert samples['tabml_validation_errors_total{field="sex"}'] == 1
     assert samples["tabml_ready"] == 1
     assert any(k.startswith("tabml_model_info{") and 'model_name="adult"' in k for k in samples)

@@ -43,11 +43,13 @@ def test_export_verify_promote_and_rollback_a_bundle(repo_copy: Path, tmp_path: 
 
     bundle_dir = tmp_path / "srv" / "bundle"
     out = registry(
-        repo_copy, "export", "--alias", "champion", "--alias", "candidate", "--out", str(bundle_dir)
-    )
-    assert f"wrote bundle {bundle_dir}: champion v1, challenger v2" in out.stdout
+        repo_copy, "export", "--alias", "champion", "--alias", "candidate",
+        "--out", str(bundle_dir), "--route", "canary:0.2",
+    )  # fmt: skip
+    assert f"wrote bundle {bundle_dir}: champion v1, challenger v2, route canary:0.2" in out.stdout
     bundle = load_bundle(bundle_dir)
     assert bundle.roles == {"champion": "v1", "challenger": "v2"}
+    assert bundle.route == "canary:0.2"
     for number, version in (("1", bundle.version("champion")), ("2", bundle.version("challenger"))):
         provenance, tags = version.provenance, runs[number].data.tags
         assert provenance.registered_model == "tabml-adult"
@@ -96,6 +98,7 @@ def test_export_verify_promote_and_rollback_a_bundle(repo_copy: Path, tmp_path: 
         assert reloads(record, 2) == ["http", "sighup"]
         after = load_bundle(bundle_dir)
         assert after.roles == {"champion": "v2"}
+        assert after.route is None  # nothing left to route to: the canary route went with it
         assert after.version("champion").provenance.aliases == ("candidate", "champion")
         assert after.path != bundle.path and bundle.path.is_dir()  # old generation kept
 

@@ -19,6 +19,7 @@ from tabml.bundle import (
     bundle_from_models_dir,
     describe_version,
     load_bundle,
+    reroute_bundle,
     write_bundle,
 )
 from tabml.layout import ARTIFACT_FILES, MODEL_FILE
@@ -227,3 +228,33 @@ def test_a_bundle_directory_is_replaced_but_not_another_directory(tmp_path: Path
     with pytest.raises(BundleError, match="not a bundle"):
         write_bundle(models, [v1], champion="v1")
     assert (models / MODEL_FILE).is_file()
+
+
+def test_a_bundle_carries_its_route_and_a_route_needs_a_challenger(tmp_path: Path) -> None:
+    v3 = registered(checkout(tmp_path / "a", "a"), "3")
+    v4 = registered(checkout(tmp_path / "b", "b"), "4")
+    dest = tmp_path / "bundle"
+    bundle = write_bundle(dest, [v3, v4], "v3", "v4", route="canary:0.10")
+    assert bundle.route == "canary:0.1"
+    assert json.loads((dest / "bundle.json").read_text())["route"] == "canary:0.1"
+    assert reroute_bundle(dest, "shadow").route == "shadow"
+    assert load_bundle(dest).roles == {"champion": "v3", "challenger": "v4"}
+    unrouted = reroute_bundle(dest, None)
+    assert unrouted.route is None and "route" not in (dest / "bundle.json").read_text()
+    with pytest.raises(BundleError, match=r"route canary:0\.5 needs a challenger"):
+        write_bundle(tmp_path / "single", [v3], "v3", route="canary:0.5")
+    with pytest.raises(BundleError, match="expected champion, canary"):
+        reroute_bundle(dest, "blue-green")
+    assert load_bundle(dest).route is None  # a refused rewrite leaves the bundle as it was
+
+
+def test_a_bad_route_in_bundle_json_names_the_file(tmp_path: Path) -> None:
+    dest = tmp_path / "bundle"
+    write_bundle(dest, [registered(checkout(tmp_path / "a", "a"), "3")], "v3")
+    manifest = json.loads((dest / "bundle.json").read_text())
+    (dest / "bundle.json").write_text(json.dumps({**manifest, "route": "canary:2"}))
+    with pytest.raises(BundleError, match=r"bundle\.json is invalid: route: .*canary fraction"):
+        load_bundle(dest)
+    (dest / "bundle.json").write_text(json.dumps({**manifest, "route": "shadow"}))
+    with pytest.raises(BundleError, match="route shadow needs a challenger"):
+        load_bundle(dest)

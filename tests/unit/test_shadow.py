@@ -231,3 +231,19 @@ def test_copies_of_large_requests_are_scored_off_the_loop() -> None:
     asyncio.run(main())
     assert sorted(threads) == ["MainThread", "tabml-shadow"]
     assert {r for r, _, _ in recorder.scored} == {"small", "large"}
+
+
+def test_the_cpu_time_of_shadow_scoring_is_reported() -> None:
+    """What shadow scoring costs the process, for tabml_background_cpu_seconds_total."""
+    seconds: list[float] = []
+    challenger = Version("v2")
+    scorer = ShadowScorer(lambda *_: None, capacity=1_000, on_cpu=seconds.append)
+    scorer.start()
+    try:
+        for i in range(200):
+            assert scorer.submit(job(challenger, f"r{i}", 0, 5))
+        assert scorer.wait_idle()
+    finally:
+        scorer.stop()
+    assert sum(challenger.calls) == 400
+    assert seconds and min(seconds) >= 0 and sum(seconds) > 0

@@ -11,6 +11,10 @@ has been promoted, one iteration is run with a deliberately bad parameter
 
 It writes `DIR/timeline.json` (per step: simulated date, served versions, drift, realized
 accuracy per version, triggers, decisions), `DIR/timeline.png` and `DIR/summary.json`.
+
+One module of about 500 lines because it is one script, read top to bottom: the scratch
+repository, the service, the weekly steps and the timeline they produce; its parts are used
+nowhere else (the traffic itself is `tabml.loop.traffic`).
 """
 
 from __future__ import annotations

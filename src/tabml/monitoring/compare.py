@@ -26,6 +26,10 @@ sees the fixed horizon is reached in days and is simpler to explain and audit.
 
 Exit status 0 for any computed decision (collect included), 2 when the input cannot be used
 (the file, and for the log the line, is named).
+
+One module of about 450 lines: reading the log into per-version traffic, the intervals
+(`tabml.monitoring.intervals`) applied to it, the decision rule and its command line are one
+review's worth of logic, and the rule must be read next to what it is computed from.
 """
 
 from __future__ import annotations

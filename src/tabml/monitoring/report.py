@@ -8,6 +8,9 @@ so the report and the gauges cannot disagree. Events are streamed: a prediction 
 small integer per feature plus its score, time and key, never as a dict, so a million logged
 records fit in a few hundred MiB. Pure numpy and the standard library, like the rest of
 `tabml.monitoring`.
+
+One module of about 430 lines: the streaming scan and the summaries it feeds share the
+compact per-event layout (`_Scan`); the HTML is `report_html`.
 """
 
 from __future__ import annotations

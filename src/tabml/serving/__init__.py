@@ -6,7 +6,8 @@ validation (`schemas`, generated from the data contract) and prediction (`predic
 `tabml.features` and `tabml.model`); `provenance` checks artifacts against `dvc.lock`;
 `metrics` and `logs` make it observable; `live_monitor` watches the traffic off the request
 path (drift and realized windows, the `prediction_index` /feedback labels against, the
-`prediction_log` segments, `worker_state` shared between workers) and `feedback` takes labels;
+`prediction_log` segments, `worker_state` shared between workers) and `feedback` takes labels
+(`label_join` finds their predictions in every worker's index);
 `settings` is the one typed configuration object.
 
 Nothing here imports pandas, scikit-learn, MLflow, DVC or Hydra.

@@ -36,6 +36,10 @@ class ServingDescription(BaseModel):
     generation: int = Field(description="0 at start, +1 for every reload that took effect")
     source: str = Field(description="where the versions were read from")
     route: str = Field(description="the configured route: champion, canary:<fraction>, shadow")
+    route_from: str = Field(
+        description="where the route came from: setting (--route, TABML_ROUTE), bundle.json "
+        "(followed on reload) or default"
+    )
     effective_route: str = Field(description="what applies: champion when there is no challenger")
     champion: VersionDescription
     challenger: VersionDescription | None

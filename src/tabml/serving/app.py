@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from tabml.serving import admin, feedback, model_card, oip, reload
+from tabml.serving.explanations import QUERY_PARAMETERS, options_from_query
 from tabml.serving.middleware import RequestContextMiddleware
 from tabml.serving.predictor import RequestRejected
 from tabml.serving.routing import (
@@ -40,6 +41,7 @@ def _predict_openapi(service: PredictionService) -> dict[str, Any]:
     record = inline_schema(service.predictor.Record)
     examples = service.examples
     return {
+        "parameters": QUERY_PARAMETERS,
         "requestBody": one_or_many_body(
             record,
             service.predictor.max_batch,
@@ -53,18 +55,22 @@ def _predict_openapi(service: PredictionService) -> dict[str, Any]:
                     "value": examples,
                 },
             },
-        )
+        ),
     }
 
 
 def predict_handler(service: PredictionService) -> Handler:
     """POST /predict: one JSON object (one record) or an array of up to TABML_MAX_BATCH
-    records, keyed by the raw input columns. Errors name the record index and field."""
+    records, keyed by the raw input columns. Errors name the record index and field.
+    `?explain=true[&top_k=K]` adds explanations (`tabml.serving.explanations`)."""
 
-    async def predict(read_body: BodyReader, params: dict[str, Any]) -> HandlerResult:
+    async def predict(read_body: BodyReader, params: dict[str, Any], query: bytes) -> HandlerResult:
         started = time.perf_counter()
         try:
-            content, rows, version = await service.predict_json_async(await read_body(), started)
+            explain = options_from_query(query)
+            content, rows, version = await service.predict_json_async(
+                await read_body(), started, explain
+            )
         except RequestRejected as exc:
             service.count_rejected(exc)
             return HandlerResult(exc.status, rejection_body(exc))

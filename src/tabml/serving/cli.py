@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     versions.add_argument(
         "--route",
-        help="champion (default) | canary:<fraction>, e.g. canary:0.1 (sticky by X-Routing-Key) "
-        "| shadow",
+        help="champion | canary:<fraction>, e.g. canary:0.1 (sticky by X-Routing-Key) | shadow "
+        "(default: the bundle's route, followed on reload; else champion)",
     )
     monitoring = parser.add_argument_group("monitoring (docs/monitoring.md)")
     monitoring.add_argument(

@@ -16,7 +16,8 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from tabml.contract import DataContract
-from tabml.serving.live_monitor import FeedbackLabel, LiveMonitor
+from tabml.serving.label_join import FeedbackLabel
+from tabml.serving.live_monitor import LiveMonitor
 from tabml.serving.logs import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 from tabml.serving.predictor import RequestRejected
 from tabml.serving.routing import BodyReader, Handler, HandlerResult, ShortPath, rejection_body
@@ -120,7 +121,7 @@ class FeedbackParser:
 
 
 def feedback_handler(parser: FeedbackParser, monitor: LiveMonitor) -> Handler:
-    async def feedback(read_body: BodyReader, params: dict[str, Any]) -> HandlerResult:
+    async def feedback(read_body: BodyReader, params: dict[str, Any], _: bytes) -> HandlerResult:
         try:
             labels = parser.parse(await read_body())
             recorded = await run_in_threadpool(monitor.record_feedback, labels)

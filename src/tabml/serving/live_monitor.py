@@ -23,6 +23,13 @@ the snapshot other workers read, so a slow or full disk never holds up the loop.
 
 What a request contributes: every scored record enters its version's drift window; a sampled
 share of requests (`prediction_log_sample`) is *recorded*: logged, and labellable on /feedback.
+
+Why one module of about 600 lines: the queue, its two readers (the loop's slices and the
+monitor thread) and the state they update (windows, index, encoded events, their counts)
+share one lock discipline and one accounting of what is queued; split apart, each invariant
+would span files. What stands on its own lives elsewhere: joining labels across workers
+(`label_join`), the index (`prediction_index`), the log files (`prediction_log`), the state
+shared with peers (`worker_state`) and the windows themselves (`tabml.monitoring`).
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ import numpy as np
 
 from tabml.monitoring import DriftWindow, RealizedWindow, ReferenceProfile, accuracy, roc_auc
 from tabml.monitoring.events import FEEDBACK, PREDICTION
-from tabml.serving import logs, worker_state
+from tabml.serving import label_join, logs, worker_state
+from tabml.serving.label_join import FeedbackLabel
 from tabml.serving.metrics import ServiceMetrics, VersionMonitoring
 from tabml.serving.prediction_index import PredictionRing, prediction_key, prediction_keys
 from tabml.serving.prediction_log import PredictionLines, SegmentWriter, feedback_line
@@ -52,10 +60,17 @@ from tabml.serving.worker_state import VersionInfo
 
 log = logging.getLogger("tabml.serving.monitor")
 
-#: Seconds between drains: about the most a window or the index lags behind a response.
-TICK = 0.02
-#: Records per slice of a drain (~1 ms of work); requests are served between slices.
-CHUNK_RECORDS = 256
+#: Seconds between drains: about the most a window or the index lags behind a response. Most
+#: of a drain's cost is per numpy call, not per record, so records are taken in bulk: measured
+#: on a real server under single-record load (the monitor's own CPU per request,
+#: tabml_background_cpu_seconds_total), 0.1 s costs about half of 0.02 s, and 0.2 s no less.
+TICK = 0.1
+#: Records per slice of a drain on the loop; requests are served between slices. Measured the
+#: same CPU from 64 to 256 (what a drain costs is mostly per drain), so the shortest stall.
+CHUNK_RECORDS = 64
+#: Records per piece of a large request on the monitor thread (it holds the GIL that long,
+#: about 1 ms, while LightGBM often scores the next batch without it).
+THREAD_CHUNK_RECORDS = 256
 #: Requests with more records go to the monitor thread: they are scored off the loop too, and a
 #: thread busy for milliseconds at a time costs the loop few GIL hand-overs.
 LOOP_RECORDS = 64
@@ -66,9 +81,6 @@ IO_TICK = 0.1
 PUBLISH_SECONDS = 1.0
 #: Most seconds /feedback waits for this process's queue to be indexed.
 SYNC_TIMEOUT = 2.0
-
-UNKNOWN = "unknown_prediction"
-DUPLICATE = "duplicate_feedback"
 
 
 def _shadow_last(group: tuple[str, bool]) -> bool:
@@ -100,13 +112,6 @@ class ServedModel:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class FeedbackLabel:
-    request_id: str
-    index: int
-    label: str
-
-
 class _Scored(NamedTuple):  # a tuple: the cheapest object to make on the request path
     version: str
     ts: float
@@ -133,19 +138,13 @@ class _Labels(NamedTuple):
     lines: list[bytes]
 
 
-class _Found(NamedTuple):
-    ring: PredictionRing
-    slot: int
-    probability: float
-    version: VersionInfo
-    labelled: bool
-
-
 class LiveMonitor:
     def __init__(
         self, settings: ServingSettings, metrics: ServiceMetrics, shared_dir: Path | None
     ) -> None:
         self.metrics = metrics
+        # what the windows, the index and the log cost (the enqueue on the request path aside)
+        self._cpu = metrics.background_cpu.labels("monitor")
         self.live = settings.live_monitoring
         self.sample = settings.prediction_log_sample
         self.capacity = settings.prediction_log_queue
@@ -169,6 +168,7 @@ class LiveMonitor:
                 if shared_dir is not None
                 else PredictionRing.in_memory(size)
             )
+            self.peer_rings = label_join.PeerRings(self.ring, shared_dir, self.pid)
         # Replaced, never mutated, by `serve` (another thread may be reading them): the
         # versions served now, with their drift windows, and every version served so far.
         self._windows: dict[str, DriftWindow] = {}
@@ -196,7 +196,6 @@ class LiveMonitor:
         self._stopping = threading.Event()
         self._dirty = True
         self._published = 0.0
-        self._peer_rings: dict[int, PredictionRing] = {}
         self._failed_once = False
 
     def serve(self, models: Sequence[ServedModel]) -> None:
@@ -358,8 +357,10 @@ class LiveMonitor:
             self._timer = self._loop.call_later(TICK, self._drain)
 
     def _process_safely(self, batch: list[Any]) -> None:
+        started = time.thread_time()
         try:
             self._process(batch)
+            self._cpu.inc(time.thread_time() - started)
         except Exception:  # a bug here must not stop monitoring for good, nor spam the log
             if not self._failed_once:
                 log.exception("live monitoring failed on a batch (logged once)")
@@ -445,17 +446,19 @@ class LiveMonitor:
                 bulk, self._bulk = self._bulk, []
                 self._queued -= sum(map(_size, bulk))
             for item in bulk:  # a large request in pieces, letting requests have the GIL
-                while type(item) is _Scored and _size(item) > CHUNK_RECORDS:
-                    head, item = item.split(CHUNK_RECORDS)
+                while type(item) is _Scored and _size(item) > THREAD_CHUNK_RECORDS:
+                    head, item = item.split(THREAD_CHUNK_RECORDS)
                     self._process_safely([head])
                     time.sleep(0)
                 self._process_safely([item])
+            started = time.thread_time()
             self._write_encoded()
             if self.writer is not None:
                 self.writer.rotate_if_due()
             due = time.monotonic() - self._published >= PUBLISH_SECONDS
             if self.shared_dir is not None and self._dirty and due:
                 self._publish()
+            self._cpu.inc(time.thread_time() - started)
             if stopping:
                 break
         if self.writer is not None:
@@ -506,9 +509,9 @@ class LiveMonitor:
         self._sync()
         keys = np.array([prediction_key(x.request_id, x.index) for x in labels], dtype=np.uint64)
         with self._feedback_lock:
-            found = self._find(keys)
-            problems = _problems(labels, keys, found)
-            unknown = sum(p["type"] == UNKNOWN for p in problems)
+            found = self.peer_rings.find(keys, self._slots)
+            problems = label_join.problems(labels, keys, found)
+            unknown = sum(p["type"] == label_join.UNKNOWN for p in problems)
             self.metrics.feedback.inc(len(labels))
             if unknown:
                 self.metrics.feedback_unmatched.inc(unknown)
@@ -551,41 +554,6 @@ class LiveMonitor:
         deadline = time.monotonic() + SYNC_TIMEOUT
         for done in (loop_done, thread_done):
             done.wait(max(0.0, deadline - time.monotonic()))
-
-    def _rings(self) -> list[tuple[PredictionRing, list[VersionInfo]]]:
-        assert self.ring is not None
-        rings = [(self.ring, self._slots)]
-        if self.shared_dir is None:
-            return rings
-        attached, self._peer_rings = self._peer_rings, {}
-        for state in worker_state.other_workers(self.shared_dir, self.pid):
-            ring = attached.get(state.pid)
-            if ring is None:
-                try:
-                    ring = PredictionRing.attach(worker_state.ring_path(self.shared_dir, state.pid))
-                except (OSError, ValueError):  # the worker is starting or stopping
-                    continue
-            self._peer_rings[state.pid] = ring
-            rings.append((ring, state.versions))
-        return rings
-
-    def _find(self, keys: np.ndarray) -> list[_Found | None]:
-        found: list[_Found | None] = [None] * len(keys)
-        for ring, versions in self._rings():
-            missing = [i for i, hit in enumerate(found) if hit is None]
-            if not missing:
-                break
-            slots, entries = ring.find(keys[missing])
-            for i, slot, entry in zip(missing, slots.tolist(), entries, strict=True):
-                if slot >= 0 and entry["version"] < len(versions):
-                    found[i] = _Found(
-                        ring,
-                        slot,
-                        float(entry["probability"]),
-                        versions[entry["version"]],
-                        bool(entry["labelled"]),
-                    )
-        return found
 
     # scrape -------------------------------------------------------------------------------
 
@@ -642,31 +610,3 @@ def _size(item: Any) -> int:
     if type(item) is _Scored:
         return len(item.records)
     return len(item.lines) if type(item) is _Labels else 0  # a /feedback sync marker: 0
-
-
-def _problems(
-    labels: Sequence[FeedbackLabel], keys: np.ndarray, found: Sequence[_Found | None]
-) -> list[dict[str, Any]]:
-    """Why items cannot be recorded, each naming its position in the request."""
-    problems, seen = [], set()
-    for position, (label, key, hit) in enumerate(zip(labels, keys.tolist(), found, strict=True)):
-        where = f"request_id {label.request_id!r}, index {label.index}"
-        if hit is None:
-            kind, message = UNKNOWN, f"no recent recorded prediction has {where}"
-        elif hit.labelled:
-            kind, message = DUPLICATE, f"a label for {where} is already recorded"
-        elif key in seen:
-            kind, message = DUPLICATE, f"{where} is labelled twice in this request"
-        else:
-            seen.add(key)
-            continue
-        problems.append(
-            {
-                "index": position,
-                "field": "request_id",
-                "type": kind,
-                "message": message,
-                "input": label.request_id,
-            }
-        )
-    return problems

@@ -5,6 +5,9 @@ writes its samples there and `/metrics` aggregates all of them (prometheus-clien
 multiprocess mode); a single process exposes its own registry plus process metrics.
 The live monitoring gauges (drift, realized metrics) are computed at scrape time by
 `MonitorCollector` from the windows of every worker (`tabml.serving.worker_state`).
+
+About 340 lines, mostly the declaration of each series with its help text: the list of what
+the service exposes, read in one place (the dashboard test reads it from here).
 """
 
 from __future__ import annotations
@@ -75,6 +78,13 @@ class ServiceMetrics:
             buckets=SCORE_BUCKETS,
             registry=registry,
         )
+        self.explained_rows = Counter(
+            "tabml_explained_rows",
+            "Records explained (/predict?explain=true, OIP parameters.explain): TreeSHAP costs "
+            "some 65 times scoring",
+            ["model_version"],
+            registry=registry,
+        )
         self.positives = Counter(
             "tabml_predicted_positive",
             "Records labelled positive at the threshold",
@@ -135,6 +145,15 @@ class ServiceMetrics:
             self.log_events.labels(kind)
         for reason in ("queue_full", "write_error"):
             self.log_dropped.labels(reason)
+        self.background_cpu = Counter(
+            "tabml_background_cpu_seconds",
+            "CPU time of the work done off the response path, by task: monitor (drift windows, "
+            "feedback index, prediction log encoding and writing), shadow (challenger scoring)",
+            ["task"],
+            registry=registry,
+        )
+        for task in ("monitor", "shadow"):
+            self.background_cpu.labels(task)
         self.feedback = Counter(
             "tabml_feedback",
             "Labels received on /feedback (valid items, recorded or refused)",

@@ -2,12 +2,20 @@
 with one named tensor per input column, so the same image runs under those platforms.
 
 Tensors are validated by the same contract-generated record schema as /predict (errors name the
-row index and the input), and scored by the same predictor.
+row index and the input), and scored by the same predictor. The request's `parameters` (the
+protocol's place for request options) take `explain` and `top_k`, as /predict's query does; the
+explanation comes back as one more output, `explanation` (BYTES: one JSON string per row, the
+object /predict returns), whatever `outputs` lists.
+
+About 460 lines: the Open Inference Protocol subset is one specification (its request and
+response models, tensor conversions, errors, routes and OpenAPI), kept whole so it can be read
+against the protocol's text.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -17,7 +25,8 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from tabml.contract import DataContract
-from tabml.serving.predictor import RequestRejected
+from tabml.serving.explanations import ExplainOptions, options_from_parameters
+from tabml.serving.predictor import Record, RequestRejected
 from tabml.serving.routing import (
     MODEL_VERSION_RESPONSE_HEADER,
     BodyReader,
@@ -50,6 +59,10 @@ _NUMERIC = {
 }
 ACCEPTED_DATATYPES = {"int": _NUMERIC, "float": _NUMERIC, "category": {"BYTES"}}
 OUTPUTS: dict[OutputName, str] = {"probability": "FP64", "label": "BYTES"}
+#: The output `parameters.explain` adds: per row, the explanation of /predict as a JSON string.
+EXPLANATION = "explanation"
+OUTPUT_DATATYPES: dict[str, str] = {str(name): kind for name, kind in OUTPUTS.items()}
+OUTPUT_DATATYPES[EXPLANATION] = "BYTES"
 
 #: OpenAPI responses of a route, by status
 Responses = dict[int | str, dict[str, Any]]
@@ -127,30 +140,55 @@ def tensors_to_columns(
     return columns, rows
 
 
-def infer(
-    service: PredictionService,
-    body: bytes,
-    started: float,
-    answering: tuple[ServedModels, ModelVersion],
-) -> tuple[dict[str, Any], int]:
-    """An infer body → (response, rows), scored by the version chosen for the request."""
-    models, version = answering
+@dataclass(frozen=True)
+class ParsedInfer:
+    """An infer request validated against the answering version's contract."""
+
+    request: InferenceRequest
+    records: list[Record]
+    rows: int
+    explain: ExplainOptions | None
+
+
+def parse_infer(body: bytes, version: ModelVersion) -> ParsedInfer:
+    """The envelope, the tensors and their values, validated. Raises RequestRejected."""
     try:
         request = InferenceRequest.model_validate_json(body)
     except ValidationError as exc:
         raise _request_errors(exc) from None
-    wanted = [o.name for o in request.outputs] if request.outputs else list(OUTPUTS)
     columns, rows = tensors_to_columns(version.model.contract, request)
     records = version.predictor.parse_columns(columns, rows)
+    return ParsedInfer(request, records, rows, options_from_parameters(request.parameters))
+
+
+def score_infer(
+    service: PredictionService,
+    parsed: ParsedInfer,
+    started: float,
+    answering: tuple[ServedModels, ModelVersion],
+) -> dict[str, Any]:
+    """The response to a parsed request: its outputs (and `explanation` if asked for)."""
+    models, version = answering
+    request, records, rows = parsed.request, parsed.records, parsed.rows
+    if parsed.explain is not None:
+        service.check_explained(rows)
     service.metrics.observe_batch(rows, version.id)
-    probabilities = version.score(records)
+    wanted: list[str] = [o.name for o in request.outputs] if request.outputs else list(OUTPUTS)
+    if parsed.explain is None:
+        probabilities = version.score(records)
+    else:
+        probabilities, explained = version.predictor.predict_explained(records)
+        service.metrics.explained_rows.labels(version.id).inc(rows)
+        wanted.append(EXPLANATION)
     service.answered(models, version, records, probabilities, started)
     data = {
         "probability": probabilities.tolist(),
         "label": version.predictor.label_of(probabilities),
     }
+    if parsed.explain is not None:
+        data[EXPLANATION] = [to_json(e).decode() for e in explained.as_dicts(parsed.explain.top_k)]
     outputs = [
-        {"name": name, "datatype": OUTPUTS[name], "shape": [rows], "data": data[name]}
+        {"name": name, "datatype": OUTPUT_DATATYPES[name], "shape": [rows], "data": data[name]}
         for name in wanted
     ]
     return {
@@ -158,7 +196,18 @@ def infer(
         "model_version": version.id,
         "id": request.id,
         "outputs": outputs,
-    }, rows
+    }
+
+
+def infer(
+    service: PredictionService,
+    body: bytes,
+    started: float,
+    answering: tuple[ServedModels, ModelVersion],
+) -> tuple[dict[str, Any], int]:
+    """An infer body → (response, rows), scored by the version chosen for the request."""
+    parsed = parse_infer(body, answering[1])
+    return score_infer(service, parsed, started, answering), parsed.rows
 
 
 def _request_errors(exc: ValidationError) -> RequestRejected:
@@ -199,7 +248,7 @@ def _unknown_model(
 
 
 def infer_handler(service: PredictionService) -> Handler:
-    async def infer_v2(read_body: BodyReader, params: dict[str, Any]) -> HandlerResult:
+    async def infer_v2(read_body: BodyReader, params: dict[str, Any], _: bytes) -> HandlerResult:
         started = time.perf_counter()
         unknown = _unknown_model_message(service, **params)
         if unknown is not None:
@@ -212,7 +261,12 @@ def infer_handler(service: PredictionService) -> Handler:
         try:
             body = await read_body()
             if len(body) <= INLINE_BODY_BYTES:
-                result, rows = infer(service, body, started, chosen)
+                parsed = parse_infer(body, version)
+                rows = parsed.rows
+                if parsed.explain is None:
+                    result = score_infer(service, parsed, started, chosen)
+                else:  # TreeSHAP: about 2 ms of CPU a row, off the event loop
+                    result = await run_in_threadpool(score_infer, service, parsed, started, chosen)
             else:
                 result, rows = await run_in_threadpool(infer, service, body, started, chosen)
         except RequestRejected as exc:

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError
 
 from tabml.contract import DataContract
+from tabml.explain import Explanations, RawAttribution
 from tabml.features import FeatureTransform
 from tabml.layout import (
     CONTRACT_FILE,
@@ -130,6 +131,7 @@ class Predictor:
         self.threshold = model.metadata.threshold if threshold is None else threshold
         self.max_batch = max_batch
         self.feature_names = model.contract.feature_names
+        self.attribution = RawAttribution(model.transform.feature_names_)
         label = model.contract.label
         self.labels = (label.negative, label.positive)
         if example is None:
@@ -233,6 +235,13 @@ class Predictor:
     def predict(self, records: Sequence[Record]) -> np.ndarray:
         """Probability of the positive class for each record, in order."""
         return predict_proba(self.model.booster, self.encode(records))
+
+    def predict_explained(self, records: Sequence[Record]) -> tuple[np.ndarray, Explanations]:
+        """`predict` (the same probabilities, bit for bit) and each record's TreeSHAP by raw
+        input column (`tabml.explain`), from one encoding."""
+        features = self.encode(records)
+        booster = self.model.booster
+        return predict_proba(booster, features), self.attribution.explain(booster, features)
 
     def label_of(self, probabilities: np.ndarray) -> list[str]:
         negative, positive = self.labels

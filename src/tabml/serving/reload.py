@@ -6,8 +6,9 @@ md5-checked, every version loaded and warmed up. Only then does one assignment r
 snapshot requests read; a request in flight keeps the snapshot it started with, so nothing fails
 and nothing waits. If anything fails (a tampered or half-written bundle, a file missing, a
 warm-up error), the reload is refused: the old snapshot keeps serving, the failure is logged
-with its reason and counted. Reloads run one at a time; the route is the one configured at
-start (an environment variable cannot change under a running process).
+with its reason and counted. Reloads run one at a time. The route is read again with the bundle
+(`route` in bundle.json: `tabml-registry route`), unless the process was started with one
+(`--route`, `TABML_ROUTE`: an environment variable cannot change under a running process).
 
 Promotion and rollback are reloads: `tabml-registry promote` rewrites the bundle (an atomic
 symlink swap, `tabml.bundle.write_bundle`), then signals the service.

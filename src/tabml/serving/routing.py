@@ -7,7 +7,8 @@ in-process cost of a single-record request. The same handlers are also mounted a
 FastAPI routes, which document them in OpenAPI and serve them should a request miss the short
 path (for instance under a mount prefix).
 
-A handler takes a body reader and the path parameters and returns status, JSON body and the
+A handler takes a body reader, the path parameters and the raw query string (b"" when there is
+none, so options read from it cost nothing without them) and returns status, JSON body and the
 number of rows scored; it turns `RequestRejected` (bad body, too large, invalid records) into
 its own error response.
 """
@@ -57,7 +58,7 @@ class HandlerResult:
 
 
 BodyReader = Callable[[], Awaitable[bytes]]
-Handler = Callable[[BodyReader, dict[str, Any]], Awaitable[HandlerResult]]
+Handler = Callable[[BodyReader, dict[str, Any], bytes], Awaitable[HandlerResult]]
 
 
 def _too_large(limit: int) -> RequestRejected:
@@ -111,7 +112,9 @@ class ShortPath:
     ) -> int | None:
         """Answer the request as a raw ASGI app; returns the rows scored (for the access log)."""
         result = await self.handle(
-            lambda: receive_body(scope, receive, self.max_body_bytes), params
+            lambda: receive_body(scope, receive, self.max_body_bytes),
+            params,
+            scope.get("query_string", b""),
         )
         headers = [*JSON_HEADERS, (b"content-length", str(len(result.body)).encode())]
         if result.model_version is not None:
@@ -127,6 +130,7 @@ class ShortPath:
             result = await self.handle(
                 lambda: receive_body(request.scope, request.receive, self.max_body_bytes),
                 dict(request.path_params),
+                request.scope.get("query_string", b""),
             )
             if result.rows is not None:
                 request.state.rows = result.rows

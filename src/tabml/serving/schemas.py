@@ -12,6 +12,9 @@ Policy (consistent with how training treats the raw data):
   as missing (NaN), exactly as the offline feature transform does;
 - nullable columns (the raw data's missing marker, "?") take JSON null or may be omitted; other
   columns must be present and non-null.
+
+About 340 lines: the request and response models and the error items are generated from the
+contract in one place, so the validated schema and the documented one cannot drift apart.
 """
 
 from __future__ import annotations
@@ -124,9 +127,25 @@ def record_dict(contract: DataContract) -> type:
     return with_config(ConfigDict(extra="forbid", title="PredictionRecord"))(record)
 
 
+class Contribution(BaseModel):
+    feature: str = Field(description="a raw input column")
+    value: float = Field(description="its TreeSHAP contribution to the logit of the probability")
+
+
+class Explanation(BaseModel):
+    base_value: float = Field(description="the model's expected logit, before any feature")
+    contributions: list[Contribution] = Field(
+        description="largest |value| first; all of them plus base_value equal the logit of "
+        "the probability (only the top_k largest when top_k is given)"
+    )
+
+
 class Prediction(BaseModel):
     probability: float = Field(description="probability of the positive class")
     label: str = Field(description="class at the configured threshold")
+    explanation: Explanation | None = Field(
+        None, description="only with ?explain=true: why, by raw input column (TreeSHAP)"
+    )
 
 
 class PredictionResponse(BaseModel):
@@ -176,9 +195,25 @@ class RequestedOutput(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+class InferenceParameters(BaseModel):
+    """Request parameters of `infer`: the explanation option, and any others (ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    explain: Annotated[bool, Strict()] = Field(
+        False,
+        description="add the output `explanation`: per row, a JSON string of the TreeSHAP "
+        "explanation by raw input column, as /predict?explain=true gives it",
+    )
+    top_k: Annotated[int, IntegralNumber(ge=0)] | None = Field(
+        None,
+        description="with explain: only the K largest |contributions| (0 or absent: all)",
+    )
+
+
 class InferenceRequest(BaseModel):
     id: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: InferenceParameters | None = None
     inputs: list[InferenceTensor] = Field(min_length=1)
     outputs: list[RequestedOutput] | None = None
 

@@ -3,6 +3,9 @@ route; `tabml.serving.versions`), provenance, metrics, live monitoring, shadow s
 readiness.
 
 Built once per process by `create_app`; the routes only translate HTTP to calls on it.
+
+About 410 lines: the one object the routes call, so everything a request touches is
+reachable from here; the work itself is in the modules it delegates to.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from tabml.environment import environment
 from tabml.layout import CONTRACT_FILE, MODEL_FILE
 from tabml.serving import logs, provenance
+from tabml.serving.explanations import ExplainOptions
 from tabml.serving.live_monitor import LiveMonitor, ServedModel
 from tabml.serving.metrics import MonitorCollector, ServiceMetrics, multiprocess_dir
 from tabml.serving.predictor import Predictor, RequestRejected, TrainedModel
@@ -97,6 +101,7 @@ class PredictionService:
             capacity=self.settings.prediction_log_queue,
             on_dropped=lambda rows: self._count_shadow(None, "dropped", rows),
             on_failed=lambda version, rows: self._count_shadow(version, "failed", rows),
+            on_cpu=self.metrics.background_cpu.labels("shadow").inc,
         )
         self._serving(initial)
 
@@ -252,12 +257,20 @@ class PredictionService:
             self._shadow_counters = {**self._shadow_counters, (version, result): counter}
         counter.inc(rows)
 
-    def render(self, version: ModelVersion, probabilities: np.ndarray) -> bytes:
+    def render(
+        self,
+        version: ModelVersion,
+        probabilities: np.ndarray,
+        explanations: list[dict[str, Any]] | None = None,
+    ) -> bytes:
         labels = version.predictor.label_of(probabilities)
-        predictions = [
+        predictions: list[dict[str, Any]] = [
             {"probability": p, "label": label}
             for p, label in zip(probabilities.tolist(), labels, strict=True)
         ]
+        if explanations is not None:
+            for prediction, explanation in zip(predictions, explanations, strict=True):
+                prediction["explanation"] = explanation
         response = {
             "model_name": version.name,
             "model_version": version.id,
@@ -272,28 +285,53 @@ class PredictionService:
         body: bytes,
         started: float,
         answering: tuple[ServedModels, ModelVersion] | None = None,
+        explain: ExplainOptions | None = None,
     ) -> tuple[bytes, int, str]:
         """A /predict body → (response body, rows, version that answered), synchronously.
         Raises RequestRejected. `started` (perf_counter) is when the request arrived, for the
-        prediction log; `answering` the snapshot and version chosen for it (default: now)."""
+        prediction log; `answering` the snapshot and version chosen for it (default: now);
+        `explain`: add each prediction's explanation, by the version that answered."""
         models, version = answering or self.answering()
         records = version.predictor.parse_json(body)
+        if explain is not None:
+            self.check_explained(len(records))
         self.metrics.observe_batch(len(records), version.id)
-        probabilities = version.score(records)
+        if explain is None:
+            probabilities = version.score(records)
+            explanations = None
+        else:
+            probabilities, explained = version.predictor.predict_explained(records)
+            explanations = explained.as_dicts(explain.top_k)
+            self.metrics.explained_rows.labels(version.id).inc(len(records))
         self.answered(models, version, records, probabilities, started)
-        return self.render(version, probabilities), len(records), version.id
+        return self.render(version, probabilities, explanations), len(records), version.id
 
-    async def predict_json_async(self, body: bytes, started: float) -> tuple[bytes, int, str]:
+    async def predict_json_async(
+        self, body: bytes, started: float, explain: ExplainOptions | None = None
+    ) -> tuple[bytes, int, str]:
         """As `predict_json`, on the event loop: small requests are scored together with other
-        concurrent ones for the same version (`MicroBatcher`), large ones in a worker thread."""
+        concurrent ones for the same version (`MicroBatcher`), large ones in a worker thread,
+        and so are explanations (TreeSHAP: about 2 ms of CPU a record, 65x scoring it)."""
         models, version = self.answering()
-        if len(body) > INLINE_BODY_BYTES:
-            return await run_in_threadpool(self.predict_json, body, started, (models, version))
+        if explain is not None or len(body) > INLINE_BODY_BYTES:
+            return await run_in_threadpool(
+                self.predict_json, body, started, (models, version), explain
+            )
         records = version.predictor.parse_json(body)
         self.metrics.observe_batch(len(records), version.id)
         probabilities = await version.score_coalesced(records)
         self.answered(models, version, records, probabilities, started)
         return self.render(version, probabilities), len(records), version.id
+
+    def check_explained(self, rows: int) -> None:
+        """Refuse (413) to explain more records at once than TABML_MAX_EXPLAIN_BATCH."""
+        limit = self.settings.max_explain_batch
+        if rows > limit:
+            raise RequestRejected(
+                413,
+                f"batch of {rows} records exceeds the maximum of {limit} explained per "
+                "request (TABML_MAX_EXPLAIN_BATCH); split it, or leave out explain",
+            )
 
     def count_rejected(self, exc: RequestRejected) -> None:
         if isinstance(exc.detail, list):

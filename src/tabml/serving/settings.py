@@ -35,9 +35,10 @@ class ServingSettings(BaseSettings):
     challenger_dvc_lock: Path | None = Field(
         None, description="dvc.lock vouching for a challenger models directory (default: ../)"
     )
-    route: str = Field(
-        "champion",
-        description="champion | canary:<fraction> (sticky by X-Routing-Key) | shadow",
+    route: str | None = Field(
+        None,
+        description="champion | canary:<fraction> (sticky by X-Routing-Key) | shadow; "
+        "default: the bundle's route (bundle.json, followed on reload), else champion",
     )
     admin_token: SecretStr | None = Field(
         None, description="bearer token of POST /admin/reload; unset, the endpoint is off (404)"
@@ -46,6 +47,12 @@ class ServingSettings(BaseSettings):
         Path("reports/metrics.json"), description="test metrics shown by /metadata (optional)"
     )
     max_batch: int = Field(10_000, ge=1, description="most records accepted in one request")
+    max_explain_batch: int = Field(
+        1_000,
+        ge=1,
+        description="most records explained in one request (?explain=true; TreeSHAP takes "
+        "about 2 ms of CPU a record, 65x scoring it)",
+    )
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body")
     threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="decision threshold; default: the trained model's"
@@ -89,12 +96,20 @@ class ServingSettings(BaseSettings):
         "(19 bytes each)",
     )
 
+    @field_validator(
+        "bundle", "challenger", "challenger_dvc_lock", "route", "model_version", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`TABML_BUNDLE=` (empty: how an image built without a bundle says so) is not set."""
+        return None if value == "" else value
+
     @field_validator("route")
     @classmethod
-    def _known_route(cls, value: str) -> str:
+    def _known_route(cls, value: str | None) -> str | None:
         from tabml.serving.traffic_split import parse_route
 
-        return str(parse_route(value))
+        return None if value is None else str(parse_route(value))
 
     @field_validator("admin_token")
     @classmethod

@@ -28,6 +28,9 @@ Nothing the challenger does reaches a client:
 
 Jobs carry the challenger version they were submitted for, so a reload never scores a request
 with a version that was not serving when it was answered.
+
+About 360 lines, half of them the failure and backpressure handling that keeps a challenger
+from ever reaching a client; it stays next to the queue it protects.
 """
 
 from __future__ import annotations
@@ -51,10 +54,11 @@ MAX_ROWS_PER_CALL = 256
 LOOP_JOB_ROWS = 64
 #: Seconds between summary lines while a challenger keeps failing.
 FAILURE_LOG_SECONDS = 60.0
-#: Seconds between the thread's drains. It is not woken per request: at thousands of requests a
-#: second, a wake-up (and GIL hand-over) per request costs the event loop more than the
-#: challenger's scoring itself; every TICK it takes everything queued at once.
-TICK = 0.02
+#: Seconds between drains. They are not run per request: at thousands of requests a second, a
+#: wake-up (and GIL hand-over) per request costs the event loop more than the challenger's
+#: scoring itself; every TICK everything queued is taken at once, and the longer the tick the
+#: more rows share each challenger call (as for the live monitor's drains).
+TICK = 0.1
 
 
 class ShadowVersion(Protocol):
@@ -111,12 +115,14 @@ class ShadowScorer:
         capacity: int,
         on_dropped: Callable[[int], None] | None = None,
         on_failed: Callable[[str, int], None] | None = None,
+        on_cpu: Callable[[float], None] | None = None,
         max_rows_per_call: int = MAX_ROWS_PER_CALL,
         tick: float = TICK,
     ) -> None:
         """`on_scored(job, probabilities, seconds)` runs on the thread for each scored job
         (`seconds`: the challenger's scoring time of the call it was in); `on_dropped(rows)` and
-        `on_failed(version_id, rows)` feed counters. `capacity` is in rows."""
+        `on_failed(version_id, rows)` feed counters, `on_cpu(seconds)` the CPU time of each
+        drain (its thread's: what shadow scoring costs the process). `capacity` is in rows."""
         if capacity < 1:
             raise ValueError("capacity must be at least one row")
         self.capacity = capacity
@@ -126,6 +132,7 @@ class ShadowScorer:
         self._on_scored = on_scored
         self._on_dropped = on_dropped
         self._on_failed = on_failed
+        self._on_cpu = on_cpu
         self._pending: list[ShadowJob] = []
         #: with a loop: jobs of more than LOOP_JOB_ROWS rows, for the thread
         self._large: list[ShadowJob] = []
@@ -243,9 +250,12 @@ class ShadowScorer:
         return jobs
 
     def _process(self, jobs: list[ShadowJob]) -> None:
+        started = time.thread_time()
         try:
             if jobs:
                 self._score_all(jobs)
+                if self._on_cpu is not None:
+                    self._on_cpu(time.thread_time() - started)
         except Exception:  # a bug here must not end shadow scoring for good
             log.exception("shadow scoring failed on a batch")
         finally:

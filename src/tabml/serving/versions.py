@@ -15,6 +15,9 @@ Where the versions come from (`ModelSources`):
   `--challenger-dvc-lock` (`TABML_CHALLENGER_DVC_LOCK`, default `DIR/../dvc.lock`), or a bundle,
   whose champion is taken.
 
+The route is the one configured (`--route`, `TABML_ROUTE`) or else the bundle's (`route` in
+bundle.json, so a reload of a rewritten bundle changes the routing too), or else `champion`.
+
 A challenger identical to the champion (same version id and model md5) is dropped with a warning:
 that is what a reload right after a promotion sees when `--challenger` still names the promoted
 directory. Two different models under one version id are refused (their metrics and log events
@@ -23,6 +26,10 @@ could not be told apart).
 `ServedModels` is the snapshot a request reads once, at its start, and keeps to its end; a reload
 builds a complete new one off the request path and replaces the reference in one assignment
 (`tabml.serving.reload`), so no request ever sees half of a swap.
+
+About 420 lines: where versions come from, how each is loaded and verified, and the
+immutable snapshot a request reads are one lifecycle; reload (`reload`) and routing
+(`traffic_split`) are their own modules.
 """
 
 from __future__ import annotations
@@ -263,7 +270,8 @@ class ModelSources:
     allow_md5_mismatch: bool = False
     challenger: Path | None = None
     challenger_dvc_lock: Path | None = None
-    route: Route = field(default_factory=Route)
+    #: the route configured for the process; None: the bundle's, else champion
+    route: Route | None = None
     model_name: str | None = None
     model_version: str | None = None
     threshold: float | None = None
@@ -279,7 +287,7 @@ class ModelSources:
             allow_md5_mismatch=settings.allow_md5_mismatch,
             challenger=settings.challenger,
             challenger_dvc_lock=settings.challenger_dvc_lock,
-            route=parse_route(settings.route),
+            route=parse_route(settings.route) if settings.route is not None else None,
             model_name=settings.model_name,
             model_version=settings.model_version,
             threshold=settings.threshold,
@@ -302,6 +310,8 @@ class ServedModels:
     source: str
     #: 0 for the models loaded at start, +1 for each reload that took effect
     generation: int = 0
+    #: where `route` came from: "setting" (--route / TABML_ROUTE), "bundle.json" or "default"
+    route_from: str = "default"
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -342,6 +352,7 @@ class ServedModels:
             "generation": self.generation,
             "source": self.source,
             "route": str(self.route),
+            "route_from": self.route_from,
             "effective_route": str(self.effective_route),
             CHAMPION: self.champion.describe(),
             CHALLENGER: self.challenger.describe() if self.challenger else None,
@@ -363,6 +374,7 @@ def load_served_models(
     """
     common: dict[str, Any] = {"threshold": sources.threshold, "max_batch": sources.max_batch}
     challenger: ModelVersion | None = None
+    route, route_from = sources.route, "setting"
     directory = Path(sources.bundle if sources.bundle is not None else sources.model_dir)
     if sources.bundle is not None and not directory.is_dir():
         raise BundleError(f"bundle {directory} does not exist")
@@ -376,6 +388,8 @@ def load_served_models(
                 bundle.version(CHALLENGER), name=champion.name, **common
             )
         source = str(bundle.path)
+        if route is None and bundle.route is not None:
+            route, route_from = parse_route(bundle.route), MANIFEST_FILE
     else:  # a plain models directory, checked as the service always did
         champion = load_models_dir_version(
             directory,
@@ -402,9 +416,11 @@ def load_served_models(
             challenger.source,
         )
         challenger = None
-    if challenger is None and sources.route.mode != "champion":
-        log.warning("route %s without a challenger: the champion answers everything", sources.route)
-    served = ServedModels(champion, challenger, sources.route, source, generation)
+    if route is None:
+        route, route_from = Route(), "default"
+    if challenger is None and route.mode != "champion":
+        log.warning("route %s without a challenger: the champion answers everything", route)
+    served = ServedModels(champion, challenger, route, source, generation, route_from)
     if warm_up:
         served.warm_up()
     return served

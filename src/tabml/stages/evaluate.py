@@ -20,6 +20,7 @@ from tabml import evaluation, model_quality
 from tabml.atomic import write_text_atomic
 from tabml.columnar import read_columns
 from tabml.config import load_params
+from tabml.explain import mean_abs_contributions
 from tabml.features import TARGET
 from tabml.model import load_booster, predict_proba
 from tabml.model_metadata import ModelMetadata
@@ -68,6 +69,14 @@ def main() -> None:
             {"feature": f, "gain": round(float(g), 3)}
             for f, g in zip(meta.feature_names, gain, strict=True)
         ],
+        "contribution_importance": mean_abs_contributions(
+            booster,
+            x_test,
+            meta.feature_names,
+            rows=params.evaluate.importance_rows,
+            seed=params.seed,
+            num_threads=params.train.num_threads,
+        ),
     }
     quality = model_quality.assess(
         read_columns(args.prepared / "test.parquet"),

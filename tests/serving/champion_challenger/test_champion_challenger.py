@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -354,6 +356,74 @@ def test_promotion_and_rollback_under_load_and_a_tampered_bundle_refused(
         if line.get("logger") == "tabml.serving.reload" and line.get("level") == "ERROR"
     ]
     assert len(refusals) == 2 and all("md5" in line["message"] for line in refusals)
+
+
+def test_the_bundle_route_is_followed_on_reload_unless_set_at_start(
+    champion_checkout, challenger_checkout, bundles, holdout, tmp_path
+) -> None:
+    """`tabml-registry route` rewrites the bundle's route and signals the service: a canary
+    ramp without a restart. A route given at start (`--route`) stays."""
+    live = bundle_of(tmp_path / "bundle", champion_checkout, challenger_checkout)
+
+    def reroute(route: str, pid: int) -> None:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tabml.registry_cli",
+                "route",
+                route,
+                "--bundle",
+                str(live),
+                "--reload-pid",
+                str(pid),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"wrote bundle {live}" in done.stdout and f"sent SIGHUP to {pid}" in done.stdout
+
+    def answering(http: httpx.Client) -> set[str]:
+        headers = [{ROUTING_KEY_HEADER: f"user-{i}"} for i in range(40)]
+        return {
+            http.post("/predict", json=holdout.records[0], headers=h).headers[VERSION_HEADER]
+            for h in headers
+        }
+
+    def serving(http: httpx.Client) -> dict[str, Any]:
+        return http.get("/metadata").json()["serving"]
+
+    def settles(http: httpx.Client, generation: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while serving(http)["generation"] < generation and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return serving(http)
+
+    with (
+        serve_checkout(champion_checkout, "--bundle", str(live)) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        assert serving(http)["route_from"] == "default"
+        assert answering(http) == {bundles.champion}
+        reroute("canary:1", server.process.pid)
+        now = settles(http, 1)
+        assert (now["route"], now["route_from"]) == ("canary:1", "bundle.json")
+        assert answering(http) == {bundles.challenger}
+        reroute("default", server.process.pid)
+        now = settles(http, 2)
+        assert (now["route"], now["route_from"]) == ("champion", "default")
+        assert answering(http) == {bundles.champion}
+    with (
+        serve_checkout(champion_checkout, "--bundle", str(live), "--route", "champion") as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        reroute("canary:1", server.process.pid)
+        now = settles(http, 1)
+        assert (now["route"], now["route_from"]) == ("champion", "setting")
+        assert answering(http) == {bundles.champion}
 
 
 def test_sighup_with_several_workers_reloads_every_worker_in_place(
