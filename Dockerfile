@@ -56,7 +56,8 @@ RUN if [ -f /tmp/context/bundle/bundle.json ]; then \
         /opt/venv/bin/python /tmp/verify_artifacts.py --root /tmp/context --copy-to /app \
             --model-md5 "${MODEL_MD5}" \
             models/contract.json models/feature_transform.json models/model.txt \
-            models/model_metadata.json models/reference_profile.json reports/metrics.json; \
+            models/model_metadata.json models/reference_profile.json \
+            models/model_card.md models/model_card.html reports/metrics.json; \
     fi
 
 

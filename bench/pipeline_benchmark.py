@@ -61,7 +61,7 @@ def stage_commands(repo: Path, names: list[str] | None = None) -> dict[str, list
     }
 
 
-PARAM_STAGES = ["train", "evaluate", "profile"]
+PARAM_STAGES = ["train", "evaluate", "model_card", "profile"]
 
 
 def run_processes(

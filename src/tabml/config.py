@@ -103,10 +103,64 @@ class DecisionConfig(_Section):
     threshold: float = Field(gt=0, lt=1)
 
 
+class SliceConfig(_Section):
+    """One slicing of the test set: by each value of a column, or by bands of a numeric column
+    cut at `edges` (band i holds `edges[i-1] <= value < edges[i]`; `labels` name the bands)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    column: str
+    edges: list[float] | None = None
+    labels: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _bands_consistent(self) -> SliceConfig:
+        if self.edges is None:
+            if self.labels is not None:
+                raise ValueError(f"slice {self.name!r}: labels need edges")
+            return self
+        if not self.edges or any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError(f"slice {self.name!r}: edges must be non-empty, strictly increasing")
+        if self.labels is not None and len(self.labels) != len(self.edges) + 1:
+            raise ValueError(
+                f"slice {self.name!r}: {len(self.edges)} edges make {len(self.edges) + 1} bands, "
+                f"but {len(self.labels)} labels are given"
+            )
+        return self
+
+
+class BaselineConfig(_Section):
+    """The logistic regression the model must beat (`tabml.baseline`)."""
+
+    C: float = Field(gt=0)
+    max_iter: int = Field(ge=1)
+
+
 class EvaluateConfig(_Section):
     calibration_bins: int = Field(ge=2)
     #: test rows (seeded sample) for the global importance by mean |TreeSHAP|; 0: all
     importance_rows: int = Field(ge=0)
+    #: Slices with fewer test rows are reported but left out of the worst-slice figure.
+    min_slice_rows: int = Field(ge=1)
+    slices: list[SliceConfig]
+    #: Columns whose groups the fairness metrics compare (each must be a categorical column).
+    sensitive: list[str]
+    baseline: BaselineConfig
+
+    @model_validator(mode="after")
+    def _unique_slice_names(self) -> EvaluateConfig:
+        names = [s.name for s in self.slices]
+        if len(names) != len(set(names)):
+            raise ValueError(f"slice names must be unique, got {names}")
+        return self
+
+
+class ModelCardConfig(_Section):
+    """The model card's prose (`conf/model_card/`); its figures come from the outputs."""
+
+    title: str = Field(min_length=1)
+    intended_use: list[str]
+    out_of_scope: list[str]
+    limitations: list[str]
 
 
 class TrackingConfig(_Section):
@@ -123,12 +177,23 @@ class TrackingConfig(_Section):
 GateMetric = Literal["roc_auc", "pr_auc", "accuracy", "f1", "precision", "recall"]
 
 
+# Group-fairness metrics (fairlearn's names) the evaluate stage reports per sensitive attribute.
+FairnessMetric = Literal["demographic_parity_difference", "equalized_odds_difference"]
+
+
 class GateConfig(_Section):
     """Promotion rule for the `champion` alias (see `tabml.registry.evaluate_gate`)."""
 
     metric: GateMetric
     minimum: float = Field(ge=0, le=1)
     max_drop_from_champion: float = Field(ge=0)
+    # Optional rules (null or empty: not checked); see `tabml.gate_rules`.
+    #: The lowest ROC AUC of any slice with at least `evaluate.min_slice_rows` rows.
+    min_worst_slice_roc_auc: float | None = Field(default=None, ge=0, le=1)
+    #: fairness metric → the largest value allowed for any sensitive attribute.
+    max_fairness_gap: dict[FairnessMetric, float] = {}
+    #: How much the gate metric must exceed the logistic-regression baseline's.
+    baseline_margin: float | None = None
 
 
 class MonitorConfig(_Section):
@@ -202,6 +267,7 @@ class Params(_Section):
     evaluate: EvaluateConfig
     tracking: TrackingConfig
     gate: GateConfig
+    model_card: ModelCardConfig
     monitor: MonitorConfig
     compare: CompareConfig
     loop: LoopConfig
@@ -211,6 +277,24 @@ class Params(_Section):
         unknown = sorted(set(self.monitor.exclude_features) - set(self.dataset.feature_names))
         if unknown:
             raise ValueError(f"monitor.exclude_features names unknown column(s) {unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _slices_name_contract_columns(self) -> Params:
+        types = {c.name: c.type for c in self.dataset.columns}
+        for spec in self.evaluate.slices:
+            if spec.column not in types:
+                raise ValueError(f"evaluate.slices {spec.name!r}: unknown column {spec.column!r}")
+            if spec.edges is not None and types[spec.column] == "category":
+                raise ValueError(
+                    f"evaluate.slices {spec.name!r}: edges need a numeric column, "
+                    f"{spec.column!r} is categorical"
+                )
+        for column in self.evaluate.sensitive:
+            if types.get(column) != "category":
+                raise ValueError(
+                    f"evaluate.sensitive: {column!r} is not a categorical column of the contract"
+                )
         return self
 
 

@@ -25,6 +25,10 @@ ARTIFACT_FILES = (CONTRACT_FILE, TRANSFORM_FILE, MODEL_FILE, METADATA_FILE)
 PROFILE_FILE = "reference_profile.json"
 # What the service loads and verifies against dvc.lock (and the image carries).
 SERVING_FILES = (*ARTIFACT_FILES, PROFILE_FILE)
+# The model card (the `model_card` stage); served at /model-card when present, and verified.
+MODEL_CARD_FILE = "model_card.md"
+MODEL_CARD_HTML_FILE = "model_card.html"
+MODEL_CARD_FILES = (MODEL_CARD_FILE, MODEL_CARD_HTML_FILE)
 
 # What the validate stage compares raw files with: a git-tracked copy of the profile of the model
 # trained on the previous data version (see tabml.pipeline.refresh_validation_reference).
@@ -32,6 +36,7 @@ VALIDATION_REFERENCE = Path("reference") / "profile.json"
 
 REPORTS_DIR = Path("reports")
 METRICS_FILE = REPORTS_DIR / "metrics.json"
+SLICES_FILE = REPORTS_DIR / "slices.json"
 CURVES_FILE = REPORTS_DIR / "training_curve.json"
 VALIDATION_REPORT = REPORTS_DIR / "data_validation.json"
 PLOTS_DIR = REPORTS_DIR / "plots"

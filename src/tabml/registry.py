@@ -2,7 +2,8 @@
 
 Every newly registered version gets the alias `candidate`. It becomes `champion` only if the gate
 (`conf/gate/`) passes: its test metric is at least the minimum and not more than a margin below
-the current champion's. The decision and its reasons are tags on the model version.
+the current champion's, and the optional quality rules hold (worst slice, fairness gaps, the
+baseline: `tabml.gate_rules`). The decision and its reasons are tags on the model version.
 
 MLflow keeps only where an alias points now, so every move is also appended to a history kept
 as tags on the registered model (`alias_history/<time ns>` → JSON), which works the same on the
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from tabml.config import GateConfig
+from tabml.gate_rules import QualityEvidence, quality_checks, rule_tags
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -50,6 +52,7 @@ class GateDecision:
             "gate.value": str(self.value),
             "gate.minimum": str(gate.minimum),
             "gate.max_drop_from_champion": str(gate.max_drop_from_champion),
+            **rule_tags(gate),
         }
         if self.champion_version is not None:
             tags["gate.champion_version"] = self.champion_version
@@ -62,8 +65,10 @@ def evaluate_gate(
     gate: GateConfig,
     champion_version: str | None = None,
     champion_value: float | None = None,
+    evidence: QualityEvidence | None = None,
 ) -> GateDecision:
-    """Pass if `value` >= the minimum and >= champion - margin; every check gives a reason."""
+    """Pass if `value` >= the minimum and >= champion - margin, and every configured quality
+    rule holds on `evidence`; every check gives a reason."""
     metric, reasons, passed = gate.metric, [], True
     if value >= gate.minimum:
         reasons.append(f"{metric} {value:.6f} >= minimum {gate.minimum}")
@@ -85,6 +90,9 @@ def evaluate_gate(
         else:
             passed = False
             reasons.append(f"{metric} {value:.6f} < {comparison}")
+    for ok, reason in quality_checks(metric, value, evidence or QualityEvidence(), gate):
+        passed = passed and ok
+        reasons.append(reason)
     return GateDecision(passed, metric, value, reasons, champion_version, champion_value)
 
 
@@ -163,9 +171,11 @@ def apply_gate(
     gate: GateConfig,
     promote: bool = True,
     context: str = "",
+    evidence: QualityEvidence | None = None,
 ) -> GateDecision:
     """Judge `version` against the gate and the current champion, record the decision as tags
-    on the version, and make it `champion` if it passes and `promote` is set.
+    on the version, and make it `champion` if it passes and `promote` is set. `evidence` holds
+    what the quality rules judge (none recorded: a configured rule fails).
 
     `context` says why: it prefixes the alias-history reason of a promotion, and explains in
     `gate.note` why a version that passed was not promoted.
@@ -174,7 +184,7 @@ def apply_gate(
     champion_value = (
         version_metric(client, name, champion, gate.metric) if champion is not None else None
     )
-    decision = evaluate_gate(value, gate, champion, champion_value)
+    decision = evaluate_gate(value, gate, champion, champion_value, evidence)
     tags = decision.tags(gate)
     if decision.passed and not promote:
         tags["gate.note"] = f"passed, champion not moved: {context}"
@@ -196,10 +206,11 @@ def register_with_gate(
     gate: GateConfig,
     promote: bool = True,
     context: str = "",
+    evidence: QualityEvidence | None = None,
 ) -> GateDecision:
     """Give a new version `candidate`, then `apply_gate`."""
     move_alias(client, name, CANDIDATE, version, "gate", "newly registered version")
-    return apply_gate(client, name, version, value, gate, promote, context)
+    return apply_gate(client, name, version, value, gate, promote, context, evidence)
 
 
 def promote(

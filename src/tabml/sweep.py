@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from tabml.config import ConfigError, Params, parse_params
+from tabml.gate_rules import QualityEvidence
 from tabml.layout import (
     DATA_DVC,
     LOCK_FILE,
@@ -258,8 +259,15 @@ def promote_best(best: dict[str, Any], tracked: Tracked, params: Params, prefix:
     if registry.current_alias(client, name, registry.CHAMPION) == version:
         return f"{name} v{version} ({best['name']}) is already champion"
     metric = params.gate.metric
+    evidence = QualityEvidence(client.get_run(tracked.run_id).data.metrics)
     decision = registry.apply_gate(
-        client, name, version, float(best[metric]), params.gate, context=f"best of {prefix}"
+        client,
+        name,
+        version,
+        float(best[metric]),
+        params.gate,
+        context=f"best of {prefix}",
+        evidence=evidence,
     )
     reasons = "".join(f"\n  - {reason}" for reason in decision.reasons)
     verdict = "promoted to champion" if decision.passed else "not promoted (champion unchanged)"

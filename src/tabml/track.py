@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from tabml.config import Params
-from tabml.layout import DATA_DVC, MODEL_FILE, MODELS_DIR
+from tabml.gate_rules import QualityEvidence
+from tabml.layout import (
+    DATA_DVC,
+    MODEL_CARD_FILE,
+    MODEL_CARD_FILES,
+    MODEL_CARD_HTML_FILE,
+    MODEL_FILE,
+    MODELS_DIR,
+)
 from tabml.lineage import TAG_DVC_EXP, Lineage, collect_lineage
 from tabml.tracking import RunFiles
 from tabml.tracking_store import find_run_without_mlflow
@@ -45,10 +53,10 @@ class Preloader:
 
     The thread waits `delay` seconds first: a no-op `dvc repro` finishes before that, is
     `cancel`led, and MLflow is never imported. The stages run as child processes, so the main
-    process is otherwise idle while they do.
+    process is otherwise idle while they do. 2 s: a loaded no-op of nine stages passed 1.5 s.
     """
 
-    def __init__(self, uri: str, experiment: str, delay: float = 1.5) -> None:
+    def __init__(self, uri: str, experiment: str, delay: float = 2.0) -> None:
         self._key = (uri, experiment)
         self._cancelled = threading.Event()
         self.error: BaseException | None = None
@@ -192,6 +200,9 @@ def _log_new(
     if experiment_name:
         tags |= {TAG_DVC_EXP: experiment_name, EXPERIMENT_TAG_PREFIX + experiment_name: "logged"}
     value = float(json.loads(files.metrics.read_text())["test"][params.gate.metric])
+    evidence = QualityEvidence.from_files(
+        files.metrics, files.slices, params.evaluate.min_slice_rows
+    )
     with mlflow.start_run(experiment_id=experiment_id, run_name=experiment_name, tags=tags) as run:
         with watch.time("log"):
             tracking.log_run_contents(client, run.info.run_id, files, raw_params)
@@ -199,9 +210,10 @@ def _log_new(
             info = log_pyfunc_model(files.models, LOGGED_MODEL_NAME, name)
             version = str(info.registered_model_version)
             decision = registry.register_with_gate(
-                client, name, version, value, params.gate, promote, context
+                client, name, version, value, params.gate, promote, context, evidence
             )
             mlflow.set_tags(decision.tags(params.gate) | {"registered_version": version})
+        log_model_card(files, run.info.run_id, lineage, f"{name} v{version}", decision.passed)
 
     if decision.passed and promote:
         verdict = "promoted to champion"
@@ -226,6 +238,41 @@ def _log_new(
         decision.passed and promote,
         lines,
     )
+
+
+#: Where the model card (with the run's lineage) goes in the run's artifacts.
+MODEL_CARD_ARTIFACT_DIR = "model_card"
+
+
+def log_model_card(
+    files: RunFiles, run_id: str, lineage: Lineage, version: str, passed: bool
+) -> None:
+    """Log the workspace's model card with what only the run knows: commit, run, version and
+    gate decision (the DVC output cannot hold them and stay reproducible). The active run must
+    be `run_id`; a models directory without a card (an older commit) logs none."""
+    import mlflow
+
+    from tabml.model_card import with_lineage
+
+    card, page = (files.models / name for name in MODEL_CARD_FILES)
+    if not (card.is_file() and page.is_file()):
+        return
+    markdown_card, html_card = with_lineage(
+        card.read_text(),
+        page.read_text(),
+        "Run (added by tracking)",
+        {
+            "git commit": lineage.tags.get("git_commit"),
+            "git dirty": lineage.tags.get("git_dirty"),
+            "MLflow run": run_id,
+            "registered version": version,
+            "gate": "passed" if passed else "failed",
+            "data md5": lineage.data_md5,
+            "model md5": lineage.model_md5,
+        },
+    )
+    mlflow.log_text(markdown_card, f"{MODEL_CARD_ARTIFACT_DIR}/{MODEL_CARD_FILE}")
+    mlflow.log_text(html_card, f"{MODEL_CARD_ARTIFACT_DIR}/{MODEL_CARD_HTML_FILE}")
 
 
 def _already_tracked(

@@ -22,6 +22,7 @@ from tabml.layout import (
     MODELS_DIR,
     PARAMS_FILE,
     PLOTS_DIR,
+    SLICES_FILE,
 )
 from tabml.tracking_store import tag_filter
 
@@ -47,6 +48,10 @@ class RunFiles:
     @property
     def metrics(self) -> Path:
         return self.root / METRICS_FILE
+
+    @property
+    def slices(self) -> Path:
+        return self.root / SLICES_FILE
 
     @property
     def curves(self) -> Path:
@@ -151,6 +156,7 @@ def log_run_contents(
     log_metrics_and_curves(client, run_id, json.loads(files.metrics.read_text()), curve)
     folders: list[tuple[Path, str | None]] = [
         (files.metrics, METRICS_FILE.parent.as_posix()),
+        (files.slices, SLICES_FILE.parent.as_posix()),
         (files.curves, CURVES_FILE.parent.as_posix()),
         (files.params, None),
         (files.lock, None),

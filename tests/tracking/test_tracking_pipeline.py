@@ -68,7 +68,7 @@ def test_exactly_one_run_per_model_whatever_dvc_ran(repo_copy: Path) -> None:
     client = MlflowClient(f"sqlite:///{repo_copy}/mlflow.db")
 
     first = train(repo_copy, QUICK)
-    assert stages_run(first.stdout) == ["train", "evaluate", "profile"]
+    assert stages_run(first.stdout) == ["train", "evaluate", "model_card", "profile"]
     assert "logged run" in first.stdout
     (logged,) = runs(client)
 
@@ -214,7 +214,12 @@ def test_gate_registry_cli_and_rollback_against_a_real_server(
     ]
     assert any("incident 42" in line for line in history)
     first_champion = next(line for line in history if " champion " in line)
-    assert first_champion.endswith("roc_auc 0.926416 >= minimum 0.91; no current champion")
+    assert ": roc_auc 0.926416 >= minimum 0.91; no current champion; worst slice" in (
+        first_champion
+    )
+    assert first_champion.endswith(
+        "roc_auc 0.926416 >= logistic-regression baseline 0.905556 + margin 0.01"
+    )
 
     # A no-op logs nothing, on the server too, and asks it without importing MLflow.
     noop = train(

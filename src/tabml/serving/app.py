@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from tabml.serving import admin, feedback, oip, reload
+from tabml.serving import admin, feedback, model_card, oip, reload
 from tabml.serving.explanations import QUERY_PARAMETERS, options_from_query
 from tabml.serving.middleware import RequestContextMiddleware
 from tabml.serving.predictor import RequestRejected
@@ -183,6 +183,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     app.include_router(prediction_router(service, predict))
     app.include_router(oip.router(service, infer, versions))
     app.include_router(admin.router(service.reloader, _secret(settings)))
+    app.include_router(model_card.router(service))
     serving = service.reloader.on_swap
 
     def swapped(old: Any, new: Any) -> None:

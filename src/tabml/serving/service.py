@@ -341,6 +341,13 @@ class PredictionService:
 
     # provenance ---------------------------------------------------------------------------
 
+    def data_md5(self, version: ModelVersion) -> str | None:
+        """md5 of the training data of `version`: from its dvc.lock or its bundle provenance."""
+        if version.lock is not None:
+            found = version.lock.inputs.get("data")
+            return found.removesuffix(".dir") if found else None
+        return version.provenance.data_md5 if version.provenance else None
+
     def metadata(self) -> dict[str, Any]:
         models = self.models
         champion = models.champion

@@ -60,6 +60,7 @@ from tabml.layout import LOCK_FILE, MODEL_FILE, MODELS_DIR, PROFILE_FILE, SERVIN
 from tabml.serving import provenance
 from tabml.serving.batching import MicroBatcher
 from tabml.serving.examples import example_records
+from tabml.serving.model_card import ModelCard, load_bundle_card, load_models_dir_card
 from tabml.serving.predictor import ArtifactError, Predictor, Record, TrainedModel
 from tabml.serving.traffic_split import Route, parse_route
 
@@ -94,6 +95,8 @@ class ModelVersion:
     provenance: Provenance | None
     source: Path
     examples: list[Record]
+    #: the model card (GET /model-card); None for a model trained before the card existed
+    card: ModelCard | None = None
     batcher: MicroBatcher = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -178,6 +181,8 @@ def load_models_dir_version(
                 "`python src/train.py`, or set TABML_MODEL_DIR)"
             )
     checks, lock = provenance.verify_artifacts(files, dvc_lock, allow_mismatch=allow_md5_mismatch)
+    card, card_checks = load_models_dir_card(model_dir, dvc_lock, allow_mismatch=allow_md5_mismatch)
+    checks += card_checks
     for check in checks:
         if not check.matches:
             log.warning(
@@ -201,6 +206,7 @@ def load_models_dir_version(
         provenance=None,
         source=model_dir,
         examples=example_records(model.contract),
+        card=card,
     )
 
 
@@ -236,6 +242,7 @@ def load_bundle_version(
         provenance=version.provenance,
         source=version.directory,
         examples=example_records(model.contract),
+        card=load_bundle_card(version.directory, files),
     )
 
 

@@ -1,4 +1,8 @@
-"""evaluate: score the test split; write DVC metrics and the data for DVC plots."""
+"""evaluate: score the test split; write DVC metrics and the data for DVC plots.
+
+Besides the overall metrics: per-slice metrics, fairness of the decisions and the baseline
+stage's scores (`tabml.model_quality`), on the raw test rows of the prepared split.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from tabml.lean_imports import optional_libraries_hidden
 with optional_libraries_hidden("pandas"):
     import lightgbm  # noqa: F401  (loaded lean here, then used through tabml.model)
 
-from tabml import evaluation
+from tabml import evaluation, model_quality
 from tabml.atomic import write_text_atomic
 from tabml.columnar import read_columns
 from tabml.config import load_params
@@ -36,6 +40,9 @@ def main() -> None:
     parser.add_argument("--metadata", type=Path, required=True)
     parser.add_argument("--metrics", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True)
+    parser.add_argument("--prepared", type=Path, required=True, help="raw rows, for slices")
+    parser.add_argument("--baseline", type=Path, required=True, help="the baseline's metrics")
+    parser.add_argument("--slices", type=Path, required=True, help="per-slice metrics out")
     args = parser.parse_args()
 
     params = load_params()
@@ -71,9 +78,19 @@ def main() -> None:
             num_threads=params.train.num_threads,
         ),
     }
+    quality = model_quality.assess(
+        read_columns(args.prepared / "test.parquet"),
+        columns,
+        proba,
+        meta.threshold,
+        params,
+        json.loads(args.baseline.read_text()),
+    )
+    plots["slices"] = quality.plot
+    write_text_atomic(args.slices, model_quality.slices_json(quality.slices))
     for name, rows in plots.items():
         _dump(args.plots / f"{name}.json", rows)
-    _dump(args.metrics, {"test": scores})
+    _dump(args.metrics, {"test": scores, **quality.metric_sections})
     print(json.dumps(scores, sort_keys=True))
 
 
