@@ -24,7 +24,6 @@ from tabml.layout import (
     LOCK_FILE,
     METRICS_FILE,
     PARAMS_FILE,
-    REPORTS_DIR,
     SLICES_FILE,
     VALIDATION_REFERENCE,
     VALIDATION_REPORT,
