@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO_ROOT, run
+from tests.support.project import REPO_ROOT, run
 
 from tabml.config import load_params
 from tabml.data import dir_md5, file_md5, pinned_dir_md5

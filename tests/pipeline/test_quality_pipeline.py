@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.conftest import dvc, train
+from tests.support.project import dvc, train
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.conftest import REPO_ROOT
+from tests.support.project import REPO_ROOT
 
 from tabml.config import GateConfig
 from tabml.gate_rules import QualityEvidence, flat_metrics

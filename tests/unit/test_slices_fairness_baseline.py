@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 from sklearn import metrics
-from tests.conftest import REPO_ROOT
+from tests.support.project import REPO_ROOT
 
 from tabml import fairness, slices
 from tabml.baseline import baseline_proba, fit_baseline
