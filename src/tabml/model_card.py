@@ -79,11 +79,31 @@ def _bullets(items: list[str]) -> list[str]:
     return [*(f"- {item}" for item in items), ""]
 
 
+def _distribution_lines(check: Mapping[str, Any] | None) -> list[str]:
+    """The validate stage's distribution check, in one sentence (none: an older report)."""
+    if not check or not check.get("files"):
+        return []
+    psi = [
+        (value, feature, file)
+        for file, found in sorted(check["files"].items())
+        for feature, value in sorted(found.get("psi", {}).items())
+    ]
+    shifted = sorted({f for found in check["files"].values() for f in found.get("shifted", [])})
+    value, feature, file = max(psi)
+    return [
+        f"**Distribution against the reference profile** (PSI per feature, validate stage): "
+        f"largest {value:.4f} (`{feature}` in `{file}`); shifted features: "
+        f"{', '.join(f'`{f}`' for f in shifted) if shifted else 'none'}.",
+        "",
+    ]
+
+
 def _data_section(inputs: CardInputs) -> list[str]:
     dataset, split = inputs.params.dataset, inputs.params.split
     rows = [
         [name, report.get("file"), report.get("rows"), report.get("positive_rate")]
         for name, report in sorted(inputs.validation.items())
+        if "file" in report  # the splits; `distribution` is the check against the reference
     ]
     return [
         "## Data",
@@ -95,7 +115,8 @@ def _data_section(inputs: CardInputs) -> list[str]:
         "",
         f"**Data version** (md5 of `data/`, as `data.dvc` records it): `{inputs.data_md5}`",
         "",
-        *_table(["file", "name", "rows", "positive rate"], rows),
+        *_distribution_lines(inputs.validation.get("distribution")),
+        *_table(["split", "file", "rows", "positive rate"], rows),
         f"Training file split into train and validation (early stopping) with "
         f"`valid_fraction={split.valid_fraction}`, stratified, seed {inputs.params.seed}; "
         "the test file is the held-out test set of every figure below.",

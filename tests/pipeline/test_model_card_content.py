@@ -37,9 +37,13 @@ def test_card_names_the_data_and_model_versions_dvc_records(card: str) -> None:
     model_md5 = lock.output_md5("models/model.txt", "train")
     assert f"| model md5 | {model_md5} |" in card
     validation = json.loads((REPO_ROOT / "reports" / "data_validation.json").read_text())
+    distribution = validation.pop("distribution")
     for name, report in validation.items():
         row = f"| {name} | {report['file']} | {report['rows']} | {_fmt(report['positive_rate'])} |"
         assert row in card
+    largest = max(v for found in distribution["files"].values() for v in found["psi"].values())
+    assert f"largest {largest:.4f} (`" in card and "shifted features: none." in card
+    assert "| distribution |" not in card
 
 
 def test_card_shows_the_recorded_metrics_baseline_slices_and_fairness(card: str) -> None:
