@@ -35,7 +35,7 @@ def test_i_can_switch_to_dask_and_back_without_retraining(repo_copy: Path) -> No
 
     result = train(repo_copy, "--no-push", "train.engine=dask")
 
-    assert "stages run: train, evaluate, profile" in result.stdout
+    assert "stages run: train, evaluate, model_card, profile" in result.stdout
     metrics = json.loads((repo_copy / "reports/metrics.json").read_text())["test"]
     assert abs(metrics["roc_auc"] - local_auc) < 0.005, (metrics["roc_auc"], local_auc)
     assert "engine: dask" in (repo_copy / "dvc.lock").read_text()
@@ -43,7 +43,7 @@ def test_i_can_switch_to_dask_and_back_without_retraining(repo_copy: Path) -> No
 
     back = train(repo_copy, "--no-push")
     # The local model comes back from DVC's run cache: nothing retrains, the lock is as before.
-    assert "stages run: train, evaluate, profile" in back.stdout
+    assert "stages run: train, evaluate, model_card, profile" in back.stdout
     assert "Stage 'train' is cached - skipping run" in back.stdout + back.stderr
     assert (repo_copy / "dvc.lock").read_bytes() == lock
 
