@@ -411,16 +411,31 @@ def log_pyfunc(root: Path) -> str:
     return uri
 
 
-def main() -> int:
+def wrk_arguments(doc: str | None, results: Path) -> argparse.Namespace:
+    """The options of every wrk benchmark (seconds per run, runs, output file); exits with a
+    clear message when wrk is not installed."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=int, default=3, help="seconds per run")
     parser.add_argument("--runs", type=int, default=5, help="runs per scenario (median)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=results)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found (Debian: apt-get install -y wrk)")
+    return args
+
+
+def save(results: dict[str, Any], out: Path, summary: str) -> None:
+    """Write the results as JSON and print their summary and where they went."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(summary)
+    print(f"\nsaved {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+
+
+def main() -> int:
+    args = wrk_arguments(__doc__, RESULTS)
 
     workdir = Path(tempfile.mkdtemp(prefix="tabml-serve-bench-"))
     try:
@@ -430,10 +445,7 @@ def main() -> int:
         results = run(root, data, tracking_uri, args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(table(results))
-    print(f"\nsaved {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
+    save(results, args.out, table(results))
     return 0
 
 

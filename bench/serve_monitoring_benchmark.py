@@ -56,9 +56,11 @@ from serve_benchmark import (  # noqa: E402
     machine,
     paired,
     running,
+    save,
     summarize,
     tree_rss_mb,
     wrk,
+    wrk_arguments,
 )
 
 RESULTS = REPO / "bench" / "results" / "serve_monitoring.json"
@@ -312,25 +314,14 @@ CODEC = (
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--duration", type=int, default=3, help="seconds per run")
-    parser.add_argument("--runs", type=int, default=5, help="runs per scenario (median)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk not found (Debian: apt-get install -y wrk)")
+    args = wrk_arguments(__doc__, RESULTS)
     workdir = Path(tempfile.mkdtemp(prefix="tabml-monitoring-bench-"))
     try:
         root = snapshot_serving_artifacts(workdir / "repo")
         results = run(root, load_data(root), args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(table(results))
-    print(f"\nsaved {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
+    save(results, args.out, table(results))
     return 0
 
 
