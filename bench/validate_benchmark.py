@@ -19,10 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
-
 from tabml.config import load_params
-from tabml.data import check_raw_lines, read_raw
+from tabml.data import check_raw_lines, parse_raw, read_raw
 from tabml.data_skew import file_skew
 from tabml.layout import VALIDATION_REFERENCE
 from tabml.monitoring import ReferenceProfile
@@ -54,18 +52,7 @@ def main() -> None:
 
     def baseline() -> None:
         for path, skip in files:
-            frame = pd.read_csv(
-                path,
-                sep=contract.separator,
-                header=None,
-                names=contract.raw_names,
-                dtype=str,
-                skiprows=skip,
-                na_values=[contract.missing_marker],
-                keep_default_na=False,
-                engine="python",
-            )
-            frame[contract.label.column] = frame[contract.label.column].str.removesuffix(".")
+            frame = parse_raw(path, contract, skip)
             validate_raw(frame, contract, str(path))
 
     def raw_lines() -> None:

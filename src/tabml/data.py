@@ -180,10 +180,15 @@ def check_raw_lines(path: Path, contract: DataContract, skip_rows: int) -> int:
 
 
 def read_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFrame:
+    """Check a raw file's lines (`check_raw_lines`), then parse it (`parse_raw`)."""
+    check_raw_lines(path, contract, skip_rows)
+    return parse_raw(path, contract, skip_rows)
+
+
+def parse_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFrame:
     """Parse a raw file into strings (missing marker → NA); the index is the 1-based file line."""
     import pandas as pd
 
-    check_raw_lines(path, contract, skip_rows)
     frame = pd.read_csv(
         path,
         sep=contract.separator,
