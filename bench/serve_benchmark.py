@@ -346,6 +346,16 @@ def paired(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
     return statistics.median(x[key] / y[key] for x, y in zip(a["runs"], b["runs"], strict=True))
 
 
+def paired_spread(a: dict[str, Any], b: dict[str, Any], key: str) -> str:
+    """The interquartile range of the rounds' a/b ratios, as "[q1, q3] over N rounds": how far
+    one round strays, so a median near a goal reads as what it is."""
+    ratios = [x[key] / y[key] for x, y in zip(a["runs"], b["runs"], strict=True)]
+    if len(ratios) < 2:
+        return f"[{ratios[0]:.3f}] over 1 round"
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return f"[{q1:.3f}, {q3:.3f}] over {len(ratios)} rounds"
+
+
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     ours = results["systems"]["tabml-serve"]
     peer = results["systems"]["mlflow-serve"]
@@ -411,14 +421,15 @@ def log_pyfunc(root: Path) -> str:
     return uri
 
 
-def wrk_arguments(doc: str | None, results: Path) -> argparse.Namespace:
+def wrk_arguments(doc: str | None, results: Path, runs: int = 5) -> argparse.Namespace:
     """The options of every wrk benchmark (seconds per run, runs, output file); exits with a
-    clear message when wrk is not installed."""
+    clear message when wrk is not installed. `runs`: the default number of rounds, more where
+    a goal is a few percent (five 3-second rounds put a 3 % effect inside their spread)."""
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=int, default=3, help="seconds per run")
-    parser.add_argument("--runs", type=int, default=5, help="runs per scenario (median)")
+    parser.add_argument("--runs", type=int, default=runs, help="runs per scenario (median)")
     parser.add_argument("--out", type=Path, default=results)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
