@@ -19,7 +19,15 @@ import numpy as np
 import pandas as pd  # MLflow imports it anyway
 from mlflow.pyfunc import PythonModel
 
-from tabml.layout import CONTRACT_FILE, METADATA_FILE, MODEL_FILE, PROFILE_FILE, TRANSFORM_FILE
+from tabml.layout import (
+    CONTRACT_FILE,
+    METADATA_FILE,
+    MODEL_CARD_FILE,
+    MODEL_CARD_HTML_FILE,
+    MODEL_FILE,
+    PROFILE_FILE,
+    TRANSFORM_FILE,
+)
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -34,6 +42,10 @@ ARTIFACTS = {
     "model_metadata": METADATA_FILE,
     "reference_profile": PROFILE_FILE,
 }
+#: Logged too when the models directory has them (one trained before the card existed has
+#: not): the model card as the pipeline wrote it, so a bundle exported from the registry
+#: answers /model-card like the workspace's service.
+OPTIONAL_ARTIFACTS = {"model_card": MODEL_CARD_FILE, "model_card_html": MODEL_CARD_HTML_FILE}
 #: What loading the model needs besides MLflow itself (pinned to this environment's versions).
 REQUIREMENTS = ("lightgbm", "numpy", "scipy", "pandas", "pydantic")
 _MLFLOW_TYPES = {"int": "long", "float": "double", "category": "string"}
@@ -109,6 +121,11 @@ def log_pyfunc_model(
     for path in artifacts.values():
         if not Path(path).is_file():
             raise FileNotFoundError(f"model artifact {path} does not exist")
+    artifacts |= {
+        key: str(models_dir / file)
+        for key, file in OPTIONAL_ARTIFACTS.items()
+        if (models_dir / file).is_file()
+    }
     contract = DataContract.load(models_dir / ARTIFACTS["contract"])
     return mlflow.pyfunc.log_model(
         name=name,

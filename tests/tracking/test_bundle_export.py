@@ -18,7 +18,8 @@ from tests.tracking.conftest import tracking_env, train
 
 from tabml.bundle import BundleError, load_bundle
 from tabml.data import file_md5
-from tabml.layout import MODEL_FILE, SERVING_FILES
+from tabml.layout import MODEL_CARD_FILES, MODEL_FILE, SERVING_FILES
+from tabml.serving.model_card import load_bundle_card
 
 pytestmark = pytest.mark.slow
 
@@ -59,14 +60,20 @@ def test_export_verify_promote_and_rollback_a_bundle(repo_copy: Path, tmp_path: 
         assert provenance.data_md5 == tags["data_md5"]
         assert provenance.git_commit == tags["git_commit"]
         assert provenance.metrics["test_roc_auc"] == runs[number].data.metrics["test_roc_auc"]
-        # the pyfunc's artifacts: what the service needs, drift monitoring's profile included
-        assert sorted(provenance.files) == sorted(SERVING_FILES)
+        # the pyfunc's artifacts: what the service needs, drift monitoring's profile and the
+        # model card included
+        assert sorted(provenance.files) == sorted((*SERVING_FILES, *MODEL_CARD_FILES))
     assert bundle.version("champion").provenance.aliases == ("champion",)
     assert bundle.version("challenger").provenance.aliases == ("candidate",)
     # The workspace holds the last model trained: v2's files, byte for byte.
-    for name in SERVING_FILES:
+    for name in (*SERVING_FILES, *MODEL_CARD_FILES):
         workspace = (repo_copy / "models" / name).read_bytes()
         assert bundle.version("challenger").file(name).read_bytes() == workspace
+    # and the service finds v2's card in the bundle (what GET /model-card answers)
+    challenger = bundle.version("challenger")
+    card = load_bundle_card(challenger.directory, challenger.provenance.files)
+    assert card is not None
+    assert card.markdown == (repo_copy / "models" / MODEL_CARD_FILES[0]).read_text()
 
     # A tampered copy fails to load, naming the file and both md5s.
     copy = tmp_path / "copy"
