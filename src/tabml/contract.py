@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -43,6 +43,15 @@ class LabelSpec(_Strict):
     strip_suffix: str = ""
 
 
+class IgnoredColumn(_Strict):
+    """A raw-file column that is read past: never validated, never a model input or a request
+    field (e.g. census-KDD's survey weight). `after` is the input column it follows."""
+
+    name: str
+    after: str
+    reason: str = Field(min_length=1)
+
+
 class DataContract(_Strict):
     """Raw-data layout plus per-column rules; `columns` are the model inputs in file order."""
 
@@ -51,15 +60,42 @@ class DataContract(_Strict):
     missing_marker: str
     label: LabelSpec
     columns: list[ColumnSpec]
+    ignored_columns: list[IgnoredColumn] = []
+
+    @model_validator(mode="after")
+    def _ignored_columns_fit(self) -> DataContract:
+        names = [*self.feature_names, self.label.column]
+        for ignored in self.ignored_columns:
+            if ignored.after not in self.feature_names:
+                raise ValueError(
+                    f"ignored column {ignored.name!r}: after {ignored.after!r} is not an input "
+                    "column"
+                )
+            if ignored.name in names:
+                raise ValueError(f"ignored column {ignored.name!r} is also an input or the label")
+            names.append(ignored.name)
+        if len(names) != len(set(names)):
+            raise ValueError("ignored column names must be unique")
+        return self
 
     @property
     def feature_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
     @property
-    def raw_names(self) -> list[str]:
-        """Column names of a raw file: the inputs followed by the label."""
+    def labelled_names(self) -> list[str]:
+        """The inputs followed by the label: the columns of a validated table."""
         return [*self.feature_names, self.label.column]
+
+    @property
+    def raw_names(self) -> list[str]:
+        """Column names of a raw file: the inputs (with the ignored columns where they stand)
+        followed by the label."""
+        following: dict[str, list[str]] = {}
+        for ignored in self.ignored_columns:
+            following.setdefault(ignored.after, []).append(ignored.name)
+        names = [n for name in self.feature_names for n in (name, *following.get(name, []))]
+        return [*names, self.label.column]
 
     def column(self, name: str) -> ColumnSpec:
         for spec in self.columns:

@@ -2,7 +2,8 @@
 
 The typed tables (parquet) are what later stages read, so the raw files are parsed once. Each
 file is also compared with the reference profile (`tabml.data_skew`); a sharp shift warns or
-fails, by `validation.distribution_shift`.
+fails, by `validation.distribution_shift`. A dataset's first run has no reference (the file
+holds `null`): the check is skipped and the report's `reference_rows` is null.
 """
 
 from __future__ import annotations
@@ -75,7 +76,12 @@ def main() -> None:
 
     params = load_params()
     contract = params.dataset.contract()
-    reference = ReferenceProfile.load(args.reference)
+    # `null`: the dataset has no model yet, so nothing to compare with (tabml.pipeline).
+    reference = (
+        None
+        if json.loads(args.reference.read_text()) is None
+        else ReferenceProfile.load(args.reference)
+    )
     report: dict[str, Any] = {}
     failures: list[str] = []
     typed: dict[str, pd.DataFrame] = {}
@@ -90,7 +96,8 @@ def main() -> None:
                 failures.append(str(exc))
                 continue
             frames.append(frame)
-            skews[name] = file_skew(frame, reference, params.monitor, str(path))
+            if reference is not None:
+                skews[name] = file_skew(frame, reference, params.monitor, str(path))
         if len(frames) != len(files):
             continue
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -108,7 +115,7 @@ def main() -> None:
         raise DistributionShiftError("\n".join([*shifts, "(validation.distribution_shift: fail)"]))
     report["distribution"] = {
         "reference": args.reference.as_posix(),
-        "reference_rows": reference.rows,
+        "reference_rows": None if reference is None else reference.rows,
         "on_shift": setting,
         "psi_alert": params.monitor.psi_alert,
         "files": {name: skew.to_dict() for name, skew in sorted(skews.items())},
