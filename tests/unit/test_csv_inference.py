@@ -44,7 +44,12 @@ def test_missing_marker_and_nullable_columns(tmp_path):
     text = "a,b,y\n1,x,0\nNA,y,1\n3,NA,0\n4,x,1\n"
     inferred = _infer(tmp_path, text)
     assert inferred.missing_marker == "NA"
-    assert [(c.name, c.nullable) for c in inferred.columns] == [("a", True), ("b", True)]
+    # integers with a missing value are typed float (an int column cannot hold a missing value)
+    assert [(c.name, c.type, c.nullable) for c in inferred.columns] == [
+        ("a", "float", True),
+        ("b", "category", True),
+    ]
+    assert (inferred.columns[0].min, inferred.columns[0].max) == (0.0, 5.0)  # 1..4 ± 0.3, outwards
     assert any(line.startswith("b: 'NA' read as missing") for line in inferred.review)
 
 

@@ -24,7 +24,7 @@ from tabml.data import RawFormatError, read_raw
 from tabml.data_skew import DistributionShiftError, FileSkew, file_skew
 from tabml.monitoring import ReferenceProfile
 from tabml.stages._runner import run_stage
-from tabml.validation import DataContractError, validate_raw
+from tabml.validation import DataContractError, drop_unlabelled, validate_raw
 
 #: The split that labelled batches extend; the test file stays the fixed holdout.
 TRAIN_SPLIT = "train"
@@ -86,15 +86,18 @@ def main() -> None:
     failures: list[str] = []
     typed: dict[str, pd.DataFrame] = {}
     skews: dict[str, FileSkew] = {}
+    unlabelled: dict[str, int] = {}
     for split, files in sorted(_sources(args.data, params).items()):
         frames = []
         for name, skip_rows in files:
             path = args.data / name
             try:
-                frame = validate_raw(read_raw(path, contract, skip_rows), contract, str(path))
+                raw, dropped = drop_unlabelled(read_raw(path, contract, skip_rows), contract)
+                frame = validate_raw(raw, contract, str(path))
             except (RawFormatError, DataContractError) as exc:
                 failures.append(str(exc))
                 continue
+            unlabelled[split] = unlabelled.get(split, 0) + dropped
             frames.append(frame)
             if reference is not None:
                 skews[name] = file_skew(frame, reference, params.monitor, str(path))
@@ -107,6 +110,8 @@ def main() -> None:
             continue
         typed[split] = frame
         report[split] = _summary(frame, contract, [name for name, _ in files])
+        if unlabelled[split]:
+            report[split]["unlabelled_dropped"] = unlabelled[split]
     if failures:
         raise DataContractError("\n".join(failures))
     shifts = [message for skew in skews.values() for message in skew.messages(params.monitor)]
