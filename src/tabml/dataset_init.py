@@ -1,0 +1,217 @@
+"""`tabml init-dataset`: turn a user's CSV into a dataset of the pipeline.
+
+It writes `conf/dataset/NAME.yaml` (the inferred contract, the source and the split policy),
+copies the CSV into `datasets/NAME/` and tracks that directory with DVC (`datasets/NAME.dvc`,
+pinned by md5). Everything is read and checked before anything is written; a failure while
+writing removes what this run created, so a refused CSV leaves the repository as it was.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tabml.csv_inference import Inferred, infer_contract
+from tabml.csv_reading import CsvTable, read_csv_table
+from tabml.data import file_md5
+from tabml.errors import TabmlError
+from tabml.layout import data_dvc_file, dataset_data_dir, dataset_reference_profile
+
+CONF_DATASET_DIR = Path("conf") / "dataset"
+#: The default share of the rows held out as the test set when there is no test file.
+TEST_HOLDOUT = 0.2
+_DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class InitDatasetError(TabmlError, ValueError):
+    """The dataset cannot be created (name taken, not a DVC repository, files disagree)."""
+
+
+@dataclass(frozen=True)
+class DatasetRequest:
+    csv: Path
+    label: str
+    name: str
+    test_csv: Path | None = None
+    positive: str | None = None
+    drop_unlabelled: bool = False
+    separator: str | None = None
+    test_holdout: float = TEST_HOLDOUT
+
+
+@dataclass(frozen=True)
+class CreatedDataset:
+    config_file: Path
+    data_dir: Path
+    dvc_file: Path
+    inferred: Inferred
+    config: dict[str, Any]
+
+
+def _combined(train: CsvTable, test: CsvTable) -> CsvTable:
+    """Both files as one table (the contract must admit both), rows located by file and line."""
+    import pandas as pd
+
+    if test.columns != train.columns:
+        raise InitDatasetError(
+            f"{test.path} line 1: columns {test.columns} differ from {train.path}'s "
+            f"{train.columns}; the test file needs the same header"
+        )
+    if test.separator != train.separator:
+        raise InitDatasetError(
+            f"{test.path}: separator {test.separator!r}, {train.path} uses {train.separator!r}"
+        )
+    return CsvTable(
+        path=Path(f"{train.path} + {test.path}"),
+        separator=train.separator,
+        frame=pd.concat([train.frame, test.frame], ignore_index=True),
+        lines=[f"{t.path.name}:{n}" for t in (train, test) for n in t.lines],
+    )
+
+
+def _column_entry(spec: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": spec.name, "type": spec.type, "nullable": spec.nullable}
+    if spec.type == "category":
+        entry["categories"] = spec.categories
+    else:
+        entry["min"], entry["max"] = spec.min, spec.max
+    return entry
+
+
+def dataset_config(request: DatasetRequest, inferred: Inferred) -> dict[str, Any]:
+    """`conf/dataset/NAME.yaml` as data: validated as a `DatasetConfig` before it is written."""
+    files = {"train": {"name": request.csv.name, "md5": file_md5(request.csv), "skip_rows": 1}}
+    if request.test_csv is not None:
+        files["test"] = {
+            "name": request.test_csv.name,
+            "md5": file_md5(request.test_csv),
+            "skip_rows": 1,
+        }
+    label: dict[str, Any] = inferred.label.model_dump(exclude={"strip_suffix", "unlabelled"})
+    if inferred.unlabelled_lines:
+        label["unlabelled"] = "drop"
+    config: dict[str, Any] = {
+        "name": request.name,
+        "data_dir": dataset_data_dir(request.name).as_posix(),
+        "reference_profile": dataset_reference_profile(request.name).as_posix(),
+        "source": {
+            "kind": "path",
+            "paths": [str(p.resolve()) for p in (request.csv, request.test_csv) if p is not None],
+        },
+        "files": files,
+        "test_holdout": None if request.test_csv is not None else request.test_holdout,
+        "separator": inferred.separator,
+        "missing_marker": inferred.missing_marker,
+        "label": label,
+        "columns": [_column_entry(spec) for spec in inferred.columns],
+    }
+    if inferred.file_columns != [*(c.name for c in inferred.columns), inferred.label.column]:
+        config["file_columns"] = inferred.file_columns
+    return config
+
+
+def _yaml_text(request: DatasetRequest, inferred: Inferred, config: dict[str, Any]) -> str:
+    sources = " and ".join(str(p) for p in (request.csv, request.test_csv) if p is not None)
+    split = (
+        f"the test set is {request.test_csv.name}"
+        if request.test_csv is not None
+        else f"no test file: a stratified holdout of {request.test_holdout:.0%} of the rows, "
+        "seeded by `seed`, is the test set"
+    )
+    header = [
+        f"# Dataset {request.name}: written by `tabml init-dataset` from {sources}",
+        f"# ({inferred.rows} rows). The contract below is inferred from the data: review it,",
+        "# then `python src/train.py dataset=" + request.name + "`. Split: " + split + ".",
+        "# Columns: type, null policy, category levels, range widened by a 10 % margin.",
+    ]
+    if inferred.review:
+        header += ["# To review:", *(f"#   - {line}" for line in inferred.review)]
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
+    return "\n".join(header) + "\n" + body
+
+
+def _check_targets(request: DatasetRequest, root: Path) -> None:
+    if not _DATASET_NAME.match(request.name):
+        raise InitDatasetError(
+            f"--name {request.name!r}: use lower-case letters, digits and '_', starting with a "
+            "letter (it names conf/dataset/NAME.yaml, datasets/NAME and the registered model)"
+        )
+    if not (root / ".dvc").is_dir():
+        raise InitDatasetError(
+            f"{root.resolve()} is not a DVC repository (no .dvc/): run it in the project's root"
+        )
+    data_dir = dataset_data_dir(request.name)
+    for path in (CONF_DATASET_DIR / f"{request.name}.yaml", data_dir, data_dvc_file(data_dir)):
+        if (root / path).exists():
+            raise InitDatasetError(
+                f"{path} exists: dataset {request.name!r} is already defined (choose another "
+                "--name, or remove it first)"
+            )
+    if request.test_csv is not None and request.test_csv.name == request.csv.name:
+        raise InitDatasetError(
+            f"{request.csv} and {request.test_csv} have the same file name: rename one"
+        )
+    if not 0 < request.test_holdout < 1:
+        raise InitDatasetError(f"--test-fraction must be in (0, 1), got {request.test_holdout}")
+
+
+def inspect(request: DatasetRequest, root: Path = Path(".")) -> tuple[Inferred, dict[str, Any]]:
+    """Read and infer without writing: the inferred contract and the config it makes."""
+    from tabml.config import DatasetConfig
+
+    _check_targets(request, root)
+    table = read_csv_table(request.csv, request.separator)
+    if request.test_csv is not None:
+        table = _combined(table, read_csv_table(request.test_csv, table.separator))
+    inferred = infer_contract(table, request.label, request.positive, request.drop_unlabelled)
+    config = dataset_config(request, inferred)
+    DatasetConfig.model_validate(config)
+    return inferred, config
+
+
+def _track_with_dvc(root: Path, data_dir: Path) -> None:
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            repo.add(data_dir.as_posix())
+    except DvcException as exc:
+        raise InitDatasetError(f"dvc add {data_dir} failed: {exc}") from None
+
+
+def create_dataset(request: DatasetRequest, root: Path = Path(".")) -> CreatedDataset:
+    """Infer, then copy the CSV(s) into datasets/NAME/, `dvc add` it and write the config."""
+    from tabml.atomic import write_text_atomic
+
+    inferred, config = inspect(request, root)
+    data_dir = dataset_data_dir(request.name)
+    dvc_file = data_dvc_file(data_dir)
+    config_file = CONF_DATASET_DIR / f"{request.name}.yaml"
+    gitignore = root / data_dir.parent / ".gitignore"
+    previous_ignore = gitignore.read_text() if gitignore.exists() else None
+    (root / data_dir.parent).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{request.name}.", dir=root / data_dir.parent))
+    try:
+        for source in (request.csv, request.test_csv):
+            if source is not None:
+                shutil.copyfile(source, staging / source.name)
+        staging.rename(root / data_dir)
+        _track_with_dvc(root, data_dir)
+        write_text_atomic(root / config_file, _yaml_text(request, inferred, config))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(root / data_dir, ignore_errors=True)
+        (root / dvc_file).unlink(missing_ok=True)
+        if previous_ignore is None:
+            gitignore.unlink(missing_ok=True)
+        else:
+            gitignore.write_text(previous_ignore)
+        raise
+    return CreatedDataset(config_file, data_dir, dvc_file, inferred, config)
