@@ -155,7 +155,10 @@ def _round_out(value: float, direction: Callable[[float], int]) -> float:
     if value == 0:
         return 0.0
     scale = 10.0 ** (math.floor(math.log10(abs(value))) - 3)
-    return float(f"{direction(value / scale) * scale:.4g}")
+    steps = value / scale
+    # 0.8999999999 is 0.9 computed in floating point, not a value to round away from
+    steps = round(steps) if abs(steps - round(steps)) < 1e-6 else direction(steps)
+    return float(f"{steps * scale:.4g}")
 
 
 def _column(table: CsvTable, name: str, missing: str, review: list[str]) -> ColumnSpec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from tabml.layout import data_dvc_file, dataset_data_dir, dataset_reference_prof
 CONF_DATASET_DIR = Path("conf") / "dataset"
 #: The default share of the rows held out as the test set when there is no test file.
 TEST_HOLDOUT = 0.2
+#: Line width of the written YAML (the repository's line length).
+WIDTH = 100
 _DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -121,19 +124,28 @@ def _yaml_text(request: DatasetRequest, inferred: Inferred, config: dict[str, An
     split = (
         f"the test set is {request.test_csv.name}"
         if request.test_csv is not None
-        else f"no test file: a stratified holdout of {request.test_holdout:.0%} of the rows, "
+        else f"no test file, so a stratified holdout of {request.test_holdout:.0%} of the rows, "
         "seeded by `seed`, is the test set"
     )
-    header = [
-        f"# Dataset {request.name}: written by `tabml init-dataset` from {sources}",
-        f"# ({inferred.rows} rows). The contract below is inferred from the data: review it,",
-        "# then `python src/train.py dataset=" + request.name + "`. Split: " + split + ".",
-        "# Columns: type, null policy, category levels, range widened by a 10 % margin.",
-    ]
+    prose = (
+        f"Dataset {request.name}: written by `tabml init-dataset` from {sources} "
+        f"({inferred.rows} rows). The contract below is inferred from the data (types, null "
+        "policy, category levels, ranges widened by a 10 % margin): review it, then run "
+        f"`python src/train.py dataset={request.name}`. Split: {split}."
+    )
+    header = textwrap.wrap(prose, width=WIDTH - 2, break_on_hyphens=False)
     if inferred.review:
-        header += ["# To review:", *(f"#   - {line}" for line in inferred.review)]
-    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
-    return "\n".join(header) + "\n" + body
+        header.append("To review:")
+        for finding in inferred.review:
+            header += textwrap.wrap(
+                finding,
+                width=WIDTH - 2,
+                initial_indent="  - ",
+                subsequent_indent="    ",
+                break_on_hyphens=False,
+            )
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=WIDTH)
+    return "".join(f"# {line}\n" for line in header) + body
 
 
 def _check_targets(request: DatasetRequest, root: Path) -> None:

@@ -14,6 +14,8 @@ from tests.support.project import command_env, run
 from tabml.config import DatasetConfig
 from tabml.data import dir_md5, file_md5, pinned_dir_md5
 
+#: The console script pyproject.toml declares, as a user runs it.
+TABML = Path(sys.executable).parent / "tabml"
 GOOD = "size,colour,y\n" + "".join(
     f"{i % 7 + 1.5},{['red', 'blue'][i % 2]},{['no', 'yes'][i % 3 == 0]}\n" for i in range(40)
 )
@@ -30,7 +32,7 @@ def repo(tmp_path: Path) -> Path:
 
 def init_dataset(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tabml.cli", "init-dataset", *args],
+        [str(TABML), "init-dataset", *args],
         cwd=repo,
         env=command_env(),
         capture_output=True,

@@ -181,3 +181,10 @@ def test_unreadable_csv_errors_name_the_line(tmp_path, payload, message):
 def test_line_numbers_skip_blank_lines(tmp_path):
     table = read_csv_table(_write(tmp_path, "a,y\n1,0\n\n2,1\n"))
     assert table.lines == ["2", "4"]
+
+
+def test_float_ranges_round_outwards_to_four_digits(tmp_path):
+    inferred = _infer(tmp_path, "a,b,y\n1.5,-3.3,0\n7.5,2.2,1\n0.5,0.04155,0\n")
+    a, b = inferred.columns
+    assert (a.min, a.max) == (0.0, 8.2)  # 0.5..7.5 ± 0.7; never negative, so not below 0
+    assert (b.min, b.max) == (-3.85, 2.75)  # -3.3..2.2 ± 0.55; float noise is not rounded out
