@@ -27,7 +27,7 @@ from tabml.data import (
     file_md5,
     pinned_dir_md5,
 )
-from tabml.layout import MODELS_DIR, PROFILE_FILE
+from tabml.layout import DVC_YAML, MODELS_DIR, PROFILE_FILE
 from tabml.lockfile import locked_md5
 
 log = logging.getLogger(__name__)
@@ -310,21 +310,26 @@ def restore_missing_outputs(repo: Any) -> list[str]:
     return missing
 
 
-def push() -> str:
-    """Push data, outputs and the run cache to the default remote, so other clones can pull.
+def push(dataset: DatasetConfig | None = None) -> str:
+    """Push the dataset's data, the pipeline's outputs and the run cache to the default remote,
+    so other clones can pull.
 
-    The run cache alone records commands and hashes, not the outputs, so both are pushed.
-    A missing or unreachable remote is reported, not fatal: the local results stand.
+    The run cache alone records commands and hashes, not the outputs, so both are pushed. Only
+    the current dataset's data (default: params.yaml's): another dataset's `.dvc` file names
+    data this clone may never have fetched. A missing or unreachable remote is reported, not
+    fatal: the local results stand.
     """
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    dataset = dataset or load_params().dataset
+    targets = [dataset.dvc_file.as_posix(), DVC_YAML.as_posix()]
     with Repo() as repo:
         remote = repo.config["core"].get("remote")
         if not remote:
             return "push skipped: no default DVC remote configured"
         try:
-            pushed = repo.push(run_cache=True)
+            pushed = repo.push(targets=targets, run_cache=True)
         except DvcException as exc:
             return f"warning: push to DVC remote '{remote}' failed: {exc}"
     return f"pushed {pushed} file(s) to DVC remote '{remote}'"

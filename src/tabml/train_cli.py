@@ -111,7 +111,7 @@ def main(argv: list[str], usage: str | None = None) -> int:
     pipeline.print_summary(result)
     status = _track(params, stages_done, promote=not args.no_promote)
     if not args.no_push and (result.stages_run or data.source != "workspace"):
-        print(pipeline.push())
+        print(pipeline.push(params.dataset))
     return status
 
 
