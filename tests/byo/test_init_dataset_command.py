@@ -114,3 +114,35 @@ def test_outside_a_dvc_repository_nothing_is_written(tmp_path):
     result = init_dataset(plain, str(csv), "--label", "y", "--name", "shop")
     assert result.returncode == 1 and "is not a DVC repository" in result.stderr
     assert list(plain.iterdir()) == []
+
+
+def test_a_test_file_is_the_test_set_and_widens_the_contract(repo, tmp_path):
+    train, test = tmp_path / "shop.csv", tmp_path / "shop_test.csv"
+    train.write_text(GOOD)
+    test.write_text("size,colour,y\n20.5,green,yes\n1.5,red,no\n")
+    result = init_dataset(repo, str(train), "--test", str(test), "--label", "y", "--name", "shop")
+    assert result.returncode == 0, result.stderr
+    config = DatasetConfig.model_validate(
+        yaml.safe_load((repo / "conf/dataset/shop.yaml").read_text())
+    )
+    assert config.test_holdout is None
+    assert config.files["test"].name == "shop_test.csv"
+    assert config.files["test"].md5 == file_md5(test)
+    assert config.column("colour").categories == ["blue", "green", "red"]
+    assert config.column("size").max > 20.5
+    assert sorted(p.name for p in (repo / "datasets/shop").iterdir()) == [
+        "shop.csv",
+        "shop_test.csv",
+    ]
+    assert "test: test set shop_test.csv" in result.stdout
+
+
+def test_a_test_file_with_another_header_is_refused(repo, tmp_path):
+    train, test = tmp_path / "shop.csv", tmp_path / "shop_test.csv"
+    train.write_text(GOOD)
+    test.write_text("size,y\n2.5,yes\n")
+    before = tree(repo)
+    result = init_dataset(repo, str(train), "--test", str(test), "--label", "y", "--name", "shop")
+    assert result.returncode == 1
+    assert "shop_test.csv line 1: columns ['size', 'y'] differ from" in result.stderr
+    assert tree(repo) == before
