@@ -173,7 +173,9 @@ def _check_targets(request: DatasetRequest, root: Path) -> None:
         raise InitDatasetError(f"--test-fraction must be in (0, 1), got {request.test_holdout}")
 
 
-def inspect(request: DatasetRequest, root: Path = Path(".")) -> tuple[Inferred, dict[str, Any]]:
+def infer_dataset(
+    request: DatasetRequest, root: Path = Path(".")
+) -> tuple[Inferred, dict[str, Any]]:
     """Read and infer without writing: the inferred contract and the config it makes."""
     from tabml.config import DatasetConfig
 
@@ -193,7 +195,7 @@ def _track_with_dvc(root: Path, data_dir: Path) -> None:
 
     try:
         with Repo(str(root)) as repo:
-            repo.add(data_dir.as_posix())
+            repo.add(str((root / data_dir).resolve()))
     except DvcException as exc:
         raise InitDatasetError(f"dvc add {data_dir} failed: {exc}") from None
 
@@ -202,12 +204,13 @@ def create_dataset(request: DatasetRequest, root: Path = Path(".")) -> CreatedDa
     """Infer, then copy the CSV(s) into datasets/NAME/, `dvc add` it and write the config."""
     from tabml.atomic import write_text_atomic
 
-    inferred, config = inspect(request, root)
+    inferred, config = infer_dataset(request, root)
     data_dir = dataset_data_dir(request.name)
     dvc_file = data_dvc_file(data_dir)
     config_file = CONF_DATASET_DIR / f"{request.name}.yaml"
     gitignore = root / data_dir.parent / ".gitignore"
     previous_ignore = gitignore.read_text() if gitignore.exists() else None
+    created_parent = not (root / data_dir.parent).exists()
     (root / data_dir.parent).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{request.name}.", dir=root / data_dir.parent))
     try:
@@ -225,5 +228,7 @@ def create_dataset(request: DatasetRequest, root: Path = Path(".")) -> CreatedDa
             gitignore.unlink(missing_ok=True)
         else:
             gitignore.write_text(previous_ignore)
+        if created_parent:
+            shutil.rmtree(root / data_dir.parent, ignore_errors=True)
         raise
     return CreatedDataset(config_file, data_dir, dvc_file, inferred, config)

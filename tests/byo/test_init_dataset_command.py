@@ -146,3 +146,19 @@ def test_a_test_file_with_another_header_is_refused(repo, tmp_path):
     assert result.returncode == 1
     assert "shop_test.csv line 1: columns ['size', 'y'] differ from" in result.stderr
     assert tree(repo) == before
+
+
+def test_a_failed_dvc_add_is_rolled_back(repo, tmp_path):
+    """DVC refuses to track datasets/NAME inside another stage's output: the copied data, the
+    staging directory and datasets/ itself are removed again, and no YAML is written."""
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  make:\n    cmd: mkdir -p datasets\n    outs:\n      - datasets\n"
+    )
+    csv = tmp_path / "shop.csv"
+    csv.write_text(GOOD)
+    before = tree(repo)
+    result = init_dataset(repo, str(csv), "--label", "y", "--name", "shop")
+    assert result.returncode == 1
+    assert "error: dvc add datasets/shop failed:" in result.stderr, result.stderr
+    assert tree(repo) == before
+    assert not (repo / "datasets").exists()
