@@ -8,8 +8,6 @@ dataset is trained, the same command serves that one.
 from __future__ import annotations
 
 import json
-import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 from tests.support.pinned_files import BREAST_CANCER, PENGUINS, fetch_member
-from tests.support.processes import background_process, free_port
-from tests.support.project import PYTHON, clone_repo, command_env, run, stages_run, train
+from tests.support.project import PYTHON, clone_repo, run, stages_run, train
+from tests.support.served_model import offline_predictions, serving
 
 pytestmark = pytest.mark.slow
 
@@ -66,44 +64,7 @@ def init_and_train(clone: Path, csv: Path, *options: str) -> tuple[str, str]:
     return init.stdout, trained.stdout
 
 
-def offline_test_set(clone: Path) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """The prepared test split as JSON records (missing values as null) with the pipeline's own
-    offline probabilities."""
-    from tabml.columnar import read_columns
-    from tabml.contract import DataContract
-    from tabml.features import FeatureTransform
-    from tabml.model import load_booster, predict_proba
-
-    models = clone / "models"
-    contract = DataContract.load(models / "contract.json")
-    transform = FeatureTransform.load(models / "feature_transform.json", contract)
-    columns = read_columns(clone / "artifacts" / "prepared" / "test.parquet")
-    probabilities = predict_proba(load_booster(models / "model.txt"), transform.transform(columns))
-
-    def value(v: Any) -> Any:
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        return v.item() if isinstance(v, np.generic) else v
-
-    names = contract.feature_names
-    records = [{name: value(columns[name][i]) for name in names} for i in range(len(probabilities))]
-    return records, probabilities
-
-
-def serve(clone: Path) -> Any:
-    """`tabml-serve` with no options but a free port, in the clone (as a user runs it)."""
-    port = free_port()
-    env = {k: v for k, v in command_env().items() if not k.startswith("TABML_")}
-    return background_process(
-        [sys.executable, "-m", "tabml.serving.cli", "--port", str(port)],
-        log=clone.parent / f"serve-{port}.log",
-        ready_url=f"http://127.0.0.1:{port}/ready",
-        cwd=clone,
-        env=env,
-    ), f"http://127.0.0.1:{port}"
-
-
-def assert_parity(url: str, records: list[dict[str, Any]], expected: np.ndarray) -> None:
+def assert_parity(url: str, records: list[dict[str, Any]], expected: list[float]) -> None:
     response = httpx.post(f"{url}/predict", json=records, timeout=60)
     assert response.status_code == 200, response.text
     got = [p["probability"] for p in response.json()["predictions"]]
@@ -131,10 +92,9 @@ def test_penguins_string_categoricals(clone: Path, csv_dir: Path) -> None:
     assert metrics["roc_auc"] > 0.9  # sex from body measurements and species
     assert "registered tabml-penguins v1" in trained
 
-    records, probabilities = offline_test_set(clone)
+    records, probabilities = offline_predictions(clone)
     assert len(records) == 67  # the stratified 20 % holdout of 333 labelled rows
-    process, url = serve(clone)
-    with process:
+    with serving(clone) as url:
         assert_parity(url, records, probabilities)
         schema = httpx.get(f"{url}/metadata").json()["input_schema"]
         assert (
@@ -171,10 +131,9 @@ def test_breast_cancer_numeric_only_is_served_next(clone: Path, csv_dir: Path) -
     assert {c["type"] for c in contract["columns"]} == {"float"} and len(contract["columns"]) == 30
     assert json.loads((clone / "reports" / "metrics.json").read_text())["test"]["roc_auc"] > 0.97
 
-    records, probabilities = offline_test_set(clone)
+    records, probabilities = offline_predictions(clone)
     assert len(records) == 113  # round(0.2 * 212) + round(0.2 * 357): stratified 20 %
-    process, url = serve(clone)
-    with process:
+    with serving(clone) as url:
         assert_parity(url, records, probabilities)
         assert httpx.get(f"{url}/metadata").json()["model"]["dataset"] == "breast_cancer"
         status, detail = rejected(url, {**records[0], "mean_radius": "large"})

@@ -12,14 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from tests.support.census_kdd import (
-    census_raw_files,
-    lock_stage_data,
-    offline_predictions,
-    serving,
-    write_sized_dataset,
-)
+from tests.support.census_kdd import census_raw_files, lock_stage_data, write_sized_dataset
 from tests.support.project import dvc, run, train
+from tests.support.served_model import offline_predictions, serving
 
 pytestmark = pytest.mark.slow
 

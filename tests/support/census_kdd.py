@@ -1,25 +1,20 @@
 """Census-KDD for tests and benchmarks: the pinned raw files, smaller or larger datasets made
 from them (their own `conf/dataset/<name>.yaml`, data directory and data version, like a user's
-dataset), offline predictions to compare the service with, and `tabml-serve` on a repository."""
+dataset); offline predictions and `tabml-serve` on a repository come from `served_model`."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import random
 import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
-from tests.support.processes import background_process, free_port
-from tests.support.project import REPO_ROOT, command_env, dvc
+from tests.support.project import REPO_ROOT, dvc
 
 CONF = REPO_ROOT / "conf"
 TRAIN, TEST = "census_income_1994_1995_train.csv", "census_income_1994_1995_test.csv"
-SERVE = [sys.executable, "-m", "tabml.serving.cli"]
 
 
 def census_config() -> dict[str, Any]:
@@ -91,46 +86,6 @@ def write_sized_dataset(
     )
     dvc(repo, "add", data_dir.as_posix())
     return config
-
-
-def offline_predictions(repo: Path) -> tuple[list[dict[str, Any]], list[float]]:
-    """Every prepared test row of `repo`'s workspace model as a JSON-ready request record, and
-    its offline probability (the pipeline's own transform and booster)."""
-    from tabml.columnar import read_columns
-    from tabml.contract import DataContract
-    from tabml.features import FeatureTransform
-    from tabml.model import load_booster, predict_proba
-
-    models = repo / "models"
-    contract = DataContract.load(models / "contract.json")
-    transform = FeatureTransform.load(models / "feature_transform.json", contract)
-    columns = read_columns(repo / "artifacts" / "prepared" / "test.parquet")
-    probabilities = predict_proba(load_booster(models / "model.txt"), transform.transform(columns))
-    names = contract.feature_names
-    lists = [[_json_value(v) for v in columns[name].tolist()] for name in names]
-    records = [dict(zip(names, row, strict=True)) for row in zip(*lists, strict=True)]
-    return records, [float(p) for p in probabilities]
-
-
-def _json_value(value: Any) -> Any:
-    return None if value is None or (isinstance(value, float) and value != value) else value
-
-
-@contextlib.contextmanager
-def serving(repo: Path, timeout: float = 120.0) -> Iterator[str]:
-    """`tabml-serve` (no options) in `repo` on a free loopback port; yields its URL once ready."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in command_env().items() if not k.startswith("TABML_")}
-    with background_process(
-        [*SERVE, "--port", str(port)],
-        log=repo.parent / f"serve-{port}.log",
-        ready_url=f"{url}/ready",
-        cwd=repo,
-        env=env,
-        timeout=timeout,
-    ):
-        yield url
 
 
 def lock_stage_data(repo: Path) -> dict[str, Any]:
