@@ -14,7 +14,7 @@ import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -23,6 +23,9 @@ from tabml.csv_reading import CsvTable, read_csv_table
 from tabml.data import file_md5
 from tabml.errors import TabmlError
 from tabml.layout import data_dvc_file, dataset_data_dir, dataset_reference_profile
+
+if TYPE_CHECKING:
+    from tabml.config import DatasetConfig
 
 CONF_DATASET_DIR = Path("conf") / "dataset"
 #: The default share of the rows held out as the test set when there is no test file.
@@ -185,8 +188,28 @@ def infer_dataset(
         table = _combined(table, read_csv_table(request.test_csv, table.separator))
     inferred = infer_contract(table, request.label, request.positive, request.drop_unlabelled)
     config = dataset_config(request, inferred)
-    DatasetConfig.model_validate(config)
+    _check_with_the_pipeline(request, DatasetConfig.model_validate(config))
     return inferred, config
+
+
+def _check_with_the_pipeline(request: DatasetRequest, dataset: DatasetConfig) -> None:
+    """Run the validate stage's own checks on the files with the inferred contract, so that a
+    disagreement between inference and pipeline is found here, before anything is written."""
+    from tabml.data import RawFormatError, read_raw
+    from tabml.validation import DataContractError, drop_unlabelled, validate_raw
+
+    contract = dataset.contract()
+    for path in (request.csv, request.test_csv):
+        if path is None:
+            continue
+        try:
+            raw, _ = drop_unlabelled(read_raw(path, contract, skip_rows=1), contract)
+            validate_raw(raw, contract, str(path))
+        except (RawFormatError, DataContractError) as exc:
+            raise InitDatasetError(
+                f"the inferred contract fails the pipeline's own validation of {path} (a gap in "
+                f"the inference: edit the CSV or report it):\n{exc}"
+            ) from None
 
 
 def _track_with_dvc(root: Path, data_dir: Path) -> None:

@@ -162,3 +162,19 @@ def test_a_failed_dvc_add_is_rolled_back(repo, tmp_path):
     assert "error: dvc add datasets/shop failed:" in result.stderr, result.stderr
     assert tree(repo) == before
     assert not (repo / "datasets").exists()
+
+
+def test_the_pipelines_own_validation_runs_before_anything_is_written(repo, tmp_path):
+    """A header row repeated among the data (files concatenated with their headers) passes the
+    inference here (its values are an ordinary level and an ordinary label value) but not the
+    validate stage's raw-line check, which init-dataset runs before writing."""
+    csv = tmp_path / "shop.csv"
+    csv.write_text(
+        "colour,shape,yes\nred,round,no\nblue,flat,yes\ncolour,shape,yes\nred,flat,yes\n"
+    )
+    before = tree(repo)
+    result = init_dataset(repo, str(csv), "--label", "yes", "--name", "shop")
+    assert result.returncode == 1
+    assert "the inferred contract fails the pipeline's own validation of" in result.stderr
+    assert "1 header row(s) (the column names) among the data, line 4" in result.stderr
+    assert tree(repo) == before
