@@ -188,11 +188,11 @@ def infer_dataset(
         table = _combined(table, read_csv_table(request.test_csv, table.separator))
     inferred = infer_contract(table, request.label, request.positive, request.drop_unlabelled)
     config = dataset_config(request, inferred)
-    _check_with_the_pipeline(request, DatasetConfig.model_validate(config))
+    check_with_the_pipeline(request, DatasetConfig.model_validate(config))
     return inferred, config
 
 
-def _check_with_the_pipeline(request: DatasetRequest, dataset: DatasetConfig) -> None:
+def check_with_the_pipeline(request: DatasetRequest, dataset: DatasetConfig) -> None:
     """Run the validate stage's own checks on the files with the inferred contract, so that a
     disagreement between inference and pipeline is found here, before anything is written."""
     from tabml.data import RawFormatError, read_raw
