@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tabml.contract import ColumnSpec
 from tabml.dataset_init import CreatedDataset
 
@@ -51,7 +53,8 @@ def describe(created: CreatedDataset) -> str:
         f"{created.dvc_file}",
         "next:",
         f"  git add {created.config_file} {created.dvc_file} {created.data_dir.parent}/.gitignore",
-        f"  python src/train.py dataset={name}",
+        f"  python src/train.py dataset={name}   # then commit dvc.lock, params.yaml and "
+        f"{Path(config['reference_profile']).parent}/",
         "  tabml-serve",
     ]
     return "\n".join(lines)

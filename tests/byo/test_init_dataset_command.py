@@ -67,7 +67,10 @@ def test_writes_the_contract_copies_and_tracks_the_data(repo, tmp_path):
     assert copied.read_bytes() == csv.read_bytes()
     assert pinned_dir_md5(repo / "datasets/shop.dvc") == dir_md5(repo / "datasets/shop")
     assert "/shop" in (repo / "datasets/.gitignore").read_text().split()
-    assert "python src/train.py dataset=shop" in result.stdout
+    assert (
+        "python src/train.py dataset=shop   # then commit dvc.lock, params.yaml and reference/shop/"
+        in result.stdout
+    )
     assert "label y: positive 'yes' (14 rows), negative 'no' (26 rows)" in result.stdout
     assert "size: numeric with only" not in result.stdout  # 7 distinct values: not a finding
 
