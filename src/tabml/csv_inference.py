@@ -202,6 +202,8 @@ def _column(table: CsvTable, name: str, missing: str, review: list[str]) -> Colu
         # The pipeline's int columns cannot hold a missing value: integers with gaps are floats.
         typed = "int" if integral and not nullable else "float"
         spec = ColumnSpec(name=name, type=typed, nullable=nullable, min=low, max=high)
+        if integral and nullable:
+            review.append(f"{name}: integers with missing values, typed float (int cannot be null)")
         if integral and distinct == len(present) and len(present) > 1:
             review.append(f"{name}: every value distinct, looks like an identifier: drop it?")
         elif distinct <= FEW_NUMERIC_VALUES:

@@ -8,6 +8,7 @@ writing removes what this run created, so a refused CSV leaves the repository as
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import tempfile
@@ -216,11 +217,17 @@ def _track_with_dvc(root: Path, data_dir: Path) -> None:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    # DVC's own advice ("To track the changes with git, run: ...") is replaced by the summary's.
+    dvc_log = logging.getLogger("dvc")
+    level = dvc_log.level
+    dvc_log.setLevel(logging.WARNING)
     try:
         with Repo(str(root)) as repo:
             repo.add(str((root / data_dir).resolve()))
     except DvcException as exc:
         raise InitDatasetError(f"dvc add {data_dir} failed: {exc}") from None
+    finally:
+        dvc_log.setLevel(level)
 
 
 def create_dataset(request: DatasetRequest, root: Path = Path(".")) -> CreatedDataset:

@@ -51,6 +51,7 @@ def test_missing_marker_and_nullable_columns(tmp_path):
     ]
     assert (inferred.columns[0].min, inferred.columns[0].max) == (0.0, 5.0)  # 1..4 ± 0.3, outwards
     assert any(line.startswith("b: 'NA' read as missing") for line in inferred.review)
+    assert "a: integers with missing values, typed float (int cannot be null)" in inferred.review
 
 
 def test_separator_is_sniffed_and_label_may_be_first(tmp_path):
