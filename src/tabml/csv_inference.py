@@ -124,13 +124,14 @@ def _label(
     if len(classes) > 2:
         shown = ", ".join(f"{v!r} ({counts[v]} rows)" for v in classes[:MAX_LISTED])
         raise InferenceError(
-            f"{where} has {len(classes)} classes ({shown}{', ...' if len(classes) > 5 else ''}); "
+            f"{where} has {len(classes)} classes "
+            f"({shown}{', ...' if len(classes) > MAX_LISTED else ''}); "
             "only binary labels are supported: map it to two classes first"
         )
     if positive is None:
         evident = POSITIVE_OF.get(frozenset(c.lower() for c in classes))
         positive = next((c for c in classes if c.lower() == evident), None)
-    if positive is None:
+    if positive is None:  # the rarer class; on a tie, the second in sorted order
         positive = min(classes, key=lambda c: (counts[c], classes.index(c) == 0))
     elif positive not in classes:
         raise InferenceError(f"{where}: --positive {positive!r} is not one of {classes}")
