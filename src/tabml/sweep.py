@@ -31,10 +31,9 @@ from typing import Any
 
 import yaml
 
-from tabml.config import ConfigError, Params, parse_params
+from tabml.config import ConfigError, Params, load_params, parse_params
 from tabml.gate_rules import QualityEvidence
 from tabml.layout import (
-    DATA_DVC,
     LOCK_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -203,15 +202,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def materialise(rev: str, dest: Path) -> RunFiles:
-    """An experiment's outputs (models/, reports/) and its params.yaml, dvc.lock and data.dvc,
-    copied out of git and the DVC cache into `dest`, laid out like the repository."""
+    """An experiment's outputs (models/, reports/) and its params.yaml, dvc.lock and its
+    dataset's .dvc file, copied out of git and the DVC cache into `dest`, laid out like the
+    repository."""
     from dvc.api import DVCFileSystem
 
     fs = DVCFileSystem(".", rev=rev)
     for path in (MODELS_DIR, REPORTS_DIR):
         fs.get(path.as_posix(), str(dest / path), recursive=True)
-    for path in (PARAMS_FILE, LOCK_FILE, DATA_DVC):
+    for path in (PARAMS_FILE, LOCK_FILE):
         fs.get_file(path.as_posix(), str(dest / path))
+    dvc_file = load_params(dest / PARAMS_FILE).dataset.dvc_file
+    (dest / dvc_file).parent.mkdir(parents=True, exist_ok=True)
+    fs.get_file(dvc_file.as_posix(), str(dest / dvc_file))
     return RunFiles(dest)
 
 

@@ -26,7 +26,6 @@ from typing import Any
 from tabml.config import Params
 from tabml.gate_rules import QualityEvidence
 from tabml.layout import (
-    DATA_DVC,
     MODEL_CARD_FILE,
     MODEL_CARD_FILES,
     MODEL_CARD_HTML_FILE,
@@ -147,7 +146,7 @@ def track_model(
     name = params.tracking.registered_model
     lineage = collect_lineage(
         files.model_file,
-        files.root / DATA_DVC,
+        files.root / params.dataset.dvc_file,
         params.dataset.name,
         name,
         raw_params,

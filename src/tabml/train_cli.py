@@ -96,7 +96,9 @@ def main(argv: list[str], usage: str | None = None) -> int:
             print(f"data: {data.source}")
         preloader = Preloader(resolve_tracking_uri(params.tracking.uri), params.tracking.experiment)
         try:
-            result = pipeline.reproduce(force=args.force, new_data_version=data.new_version)
+            result = pipeline.reproduce(
+                force=args.force, new_data_version=data.new_version, dataset=params.dataset
+            )
         finally:
             stages_done = time.perf_counter()
             preloader.cancel()
@@ -109,7 +111,7 @@ def main(argv: list[str], usage: str | None = None) -> int:
     pipeline.print_summary(result)
     status = _track(params, stages_done, promote=not args.no_promote)
     if not args.no_push and (result.stages_run or data.source != "workspace"):
-        print(pipeline.push())
+        print(pipeline.push(params.dataset))
     return status
 
 

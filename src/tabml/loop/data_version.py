@@ -106,8 +106,11 @@ def _raw_value(value: Any, contract: DataContract) -> str:
 
 
 def raw_line(record: dict[str, Any], label: str, contract: DataContract) -> str:
-    values = [_raw_value(record.get(name), contract) for name in contract.feature_names]
-    return contract.separator.join([*values, label])
+    """A training line in the raw format; the contract's ignored columns get the missing marker
+    (a served request never carries them)."""
+    values = {name: _raw_value(record.get(name), contract) for name in contract.feature_names}
+    raw = [values.get(name, contract.missing_marker) for name in contract.raw_names[:-1]]
+    return contract.separator.join([*raw, label])
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def write_batch(
             + [rows[k][1]]
             for k in keys
         ],
-        columns=contract.raw_names,
+        columns=contract.labelled_names,
         index=pd.RangeIndex(1, len(keys) + 1, name="line"),
         dtype=object,
     ).replace({contract.missing_marker: None})

@@ -29,7 +29,7 @@ from typing import Any
 from tabml.atomic import write_text_atomic
 from tabml.config import Params
 from tabml.errors import TabmlError
-from tabml.layout import DATA_DIR, MODEL_FILE, MODELS_DIR, PROFILE_FILE
+from tabml.layout import MODEL_FILE, MODELS_DIR, PROFILE_FILE
 from tabml.loop import steps, triggers
 from tabml.loop.steps import Say
 
@@ -133,7 +133,9 @@ def _iterate(params: Params, overrides: list[str], dry_run: bool, say: Say) -> i
         say("resume: the last retrain commit was not gated and deployed yet")
         return 0 if dry_run else deploy.canary(params, say=say)
 
-    resumed = steps.data_version_pending() or bool(steps.uncommitted_outputs())
+    resumed = steps.data_version_pending(params.dataset) or bool(
+        steps.uncommitted_outputs(params.dataset)
+    )
     fired: list[triggers.Trigger] = []
     if resumed:
         pending = json.loads(PENDING_FILE.read_text()) if PENDING_FILE.exists() else []
@@ -141,7 +143,7 @@ def _iterate(params: Params, overrides: list[str], dry_run: bool, say: Say) -> i
         say("resume: an interrupted retrain left a data version or outputs uncommitted")
     else:
         contract = params.dataset.contract()
-        batches = DATA_DIR / params.dataset.batches_dir
+        batches = Path(params.dataset.data_dir) / params.dataset.batches_dir
         # The log is read once: the data version and the drift and accuracy triggers share it.
         log_dir = steps.log_dir_of(params)
         events = list(read_events(log_dir)) if log_dir.is_dir() else []
@@ -185,8 +187,8 @@ def _iterate(params: Params, overrides: list[str], dry_run: bool, say: Say) -> i
         say("dry run: would retrain, commit, gate and canary the interrupted retrain")
         return 0
     steps.retrain(overrides, say)
-    if steps.uncommitted_outputs():
-        sha = steps.commit(commit_message(fired), params.loop.branch, say)
+    if steps.uncommitted_outputs(params.dataset):
+        sha = steps.commit(commit_message(fired), params.dataset, params.loop.branch, say)
         audit("commit", commit=sha, triggers=[t.name for t in fired])
         if params.loop.push:
             steps.push(say)

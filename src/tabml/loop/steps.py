@@ -14,25 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tabml.config import Params
+from tabml.config import DatasetConfig, Params
 from tabml.errors import TabmlError
 from tabml.layout import (
     CURVES_FILE,
-    DATA_DIR,
-    DATA_DVC,
     DVC_YAML,
     LOCK_FILE,
     METRICS_FILE,
     PARAMS_FILE,
     SLICES_FILE,
-    VALIDATION_REFERENCE,
     VALIDATION_REPORT,
 )
 
 Say = Callable[[str], None]
-#: What a retrain commits: the data version, the lock, the parameters and the git-tracked reports.
+#: What a retrain commits besides the dataset's data version and validate reference
+#: (`committed_paths`): the lock, the parameters and the git-tracked reports.
 COMMITTED = (
-    DATA_DVC,
     LOCK_FILE,
     PARAMS_FILE,
     DVC_YAML,
@@ -40,7 +37,6 @@ COMMITTED = (
     SLICES_FILE,
     CURVES_FILE,
     VALIDATION_REPORT,
-    VALIDATION_REFERENCE,
 )
 CHALLENGER = "challenger"
 #: The subject every retrain commit starts with (how a later run recognises one).
@@ -59,21 +55,25 @@ def git(*args: str, check: bool = True) -> str:
     return result.stdout.strip()
 
 
-def data_version_pending() -> bool:
-    """data/ differs from the version data.dvc pins: a data version was written, not trained."""
+def committed_paths(dataset: DatasetConfig) -> tuple[Path, ...]:
+    """What a retrain commits: the dataset's data version and validate reference, and COMMITTED."""
+    return (dataset.dvc_file, *COMMITTED, Path(dataset.reference_profile))
+
+
+def data_version_pending(dataset: DatasetConfig) -> bool:
+    """The data directory differs from the version its .dvc file pins: a data version was
+    written, not trained."""
     from tabml import data
 
-    return data.data_version_pending(DATA_DIR, DATA_DVC)
+    return data.data_version_pending(Path(dataset.data_dir), dataset.dvc_file)
 
 
-#: What shows that a retrain happened: a new data version or new pipeline outputs. (params.yaml
-#: differs from HEAD whenever the loop runs with overrides, so it is committed, not a sign.)
-RETRAIN_EVIDENCE = (DATA_DVC, LOCK_FILE)
-
-
-def uncommitted_outputs() -> list[str]:
-    """data.dvc or dvc.lock differ from HEAD: a retrain that was not committed yet."""
-    status = git("status", "--porcelain", "--", *(p.as_posix() for p in RETRAIN_EVIDENCE))
+def uncommitted_outputs(dataset: DatasetConfig) -> list[str]:
+    """The dataset's .dvc file or dvc.lock differ from HEAD: a retrain not committed yet.
+    (params.yaml differs from HEAD whenever the loop runs with overrides, so it is committed,
+    not a sign.)"""
+    evidence = (dataset.dvc_file, LOCK_FILE)
+    status = git("status", "--porcelain", "--", *(p.as_posix() for p in evidence))
     return [line[3:] for line in status.splitlines()]
 
 
@@ -89,14 +89,14 @@ def retrain(overrides: list[str], say: Say) -> None:
         raise LoopStepError(f"the pipeline exited {status}; outputs of earlier runs are kept")
 
 
-def commit(message: str, branch: str, say: Say) -> str:
+def commit(message: str, dataset: DatasetConfig, branch: str, say: Say) -> str:
     """Commit the retrain (data.dvc, dvc.lock, params.yaml, reports) on `branch` (empty: the
     current one); return the commit. An ordinary commit: `git checkout <it> && dvc checkout`
     restores its data and model, `python src/train.py --verify` reproduces it."""
     if branch and git("branch", "--show-current") != branch:
         exists = git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
         git("switch", *([] if exists else ["-c"]), branch)
-    git("add", "--", *(p.as_posix() for p in COMMITTED if p.exists()))
+    git("add", "--", *(p.as_posix() for p in committed_paths(dataset) if p.exists()))
     git("commit", "--quiet", "-m", message)
     sha = git("rev-parse", "HEAD")
     say(f"commit: {sha[:12]} on {git('branch', '--show-current') or 'a detached HEAD'}")

@@ -1,8 +1,10 @@
 """prepare: encode the label, split train/valid, write parquet.
 
-Reads the typed tables the validate stage wrote (pyarrow only: no CSV parsing, no pandas). UCI's
-own `adult.test` stays the test set (comparable with published results); the training file is
-split into train and validation (for early stopping), stratified by label and seeded.
+Reads the typed tables the validate stage wrote (pyarrow only: no CSV parsing, no pandas). A
+dataset's own test file stays the test set (Adult's `adult.test`: comparable with published
+results); a dataset without one (`dataset.test_holdout`) holds out a stratified, seeded share of
+the training file instead. The rest is split into train and validation (for early stopping),
+stratified by label and seeded.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pyarrow.parquet as pq
 
 from tabml.atomic import write_with
 from tabml.config import load_params
+from tabml.contract import LabelSpec
 from tabml.features import TARGET
 from tabml.stages._runner import run_stage
 
@@ -42,6 +45,10 @@ def with_target(table: pa.Table, label: str, positive: str) -> pa.Table:
     return table.replace_schema_metadata(None)  # pandas' metadata no longer describes it
 
 
+def _labelled(path: Path, label: LabelSpec) -> pa.Table:
+    return with_target(pq.read_table(path), label.column, label.positive)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--validated", type=Path, required=True)
@@ -49,11 +56,17 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params()
-    label = params.dataset.label
-    full, test = (
-        with_target(pq.read_table(args.validated / f"{name}.parquet"), label.column, label.positive)
-        for name in ("train", "test")
-    )
+    dataset = params.dataset
+    full = _labelled(args.validated / "train.parquet", dataset.label)
+    if dataset.test_holdout is None:
+        test = _labelled(args.validated / "test.parquet", dataset.label)
+    else:
+        # No test file: a stratified, seeded holdout of the training file is the test set. Its
+        # seed differs from the validation split's, so the two draws are independent.
+        test_mask = stratified_split(
+            full.column(TARGET).to_numpy(), dataset.test_holdout, params.seed + 1
+        )
+        full, test = full.filter(pa.array(~test_mask)), full.filter(pa.array(test_mask))
     valid_mask = stratified_split(
         full.column(TARGET).to_numpy(), params.split.valid_fraction, params.seed
     )

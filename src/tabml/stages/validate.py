@@ -2,7 +2,8 @@
 
 The typed tables (parquet) are what later stages read, so the raw files are parsed once. Each
 file is also compared with the reference profile (`tabml.data_skew`); a sharp shift warns or
-fails, by `validation.distribution_shift`.
+fails, by `validation.distribution_shift`. A dataset's first run has no reference (the file
+holds `null`): the check is skipped and the report's `reference_rows` is null.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tabml.data import RawFormatError, read_raw
 from tabml.data_skew import DistributionShiftError, FileSkew, file_skew
 from tabml.monitoring import ReferenceProfile
 from tabml.stages._runner import run_stage
-from tabml.validation import DataContractError, validate_raw
+from tabml.validation import DataContractError, drop_unlabelled, validate_raw
 
 #: The split that labelled batches extend; the test file stays the fixed holdout.
 TRAIN_SPLIT = "train"
@@ -75,22 +76,31 @@ def main() -> None:
 
     params = load_params()
     contract = params.dataset.contract()
-    reference = ReferenceProfile.load(args.reference)
+    # `null`: the dataset has no model yet, so nothing to compare with (tabml.pipeline).
+    reference = (
+        None
+        if json.loads(args.reference.read_text()) is None
+        else ReferenceProfile.load(args.reference)
+    )
     report: dict[str, Any] = {}
     failures: list[str] = []
     typed: dict[str, pd.DataFrame] = {}
     skews: dict[str, FileSkew] = {}
+    unlabelled: dict[str, int] = {}
     for split, files in sorted(_sources(args.data, params).items()):
         frames = []
         for name, skip_rows in files:
             path = args.data / name
             try:
-                frame = validate_raw(read_raw(path, contract, skip_rows), contract, str(path))
+                raw, dropped = drop_unlabelled(read_raw(path, contract, skip_rows), contract)
+                frame = validate_raw(raw, contract, str(path))
             except (RawFormatError, DataContractError) as exc:
                 failures.append(str(exc))
                 continue
+            unlabelled[split] = unlabelled.get(split, 0) + dropped
             frames.append(frame)
-            skews[name] = file_skew(frame, reference, params.monitor, str(path))
+            if reference is not None:
+                skews[name] = file_skew(frame, reference, params.monitor, str(path))
         if len(frames) != len(files):
             continue
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
@@ -100,6 +110,8 @@ def main() -> None:
             continue
         typed[split] = frame
         report[split] = _summary(frame, contract, [name for name, _ in files])
+        if unlabelled[split]:
+            report[split]["unlabelled_dropped"] = unlabelled[split]
     if failures:
         raise DataContractError("\n".join(failures))
     shifts = [message for skew in skews.values() for message in skew.messages(params.monitor)]
@@ -108,7 +120,7 @@ def main() -> None:
         raise DistributionShiftError("\n".join([*shifts, "(validation.distribution_shift: fail)"]))
     report["distribution"] = {
         "reference": args.reference.as_posix(),
-        "reference_rows": reference.rows,
+        "reference_rows": None if reference is None else reference.rows,
         "on_shift": setting,
         "psi_alert": params.monitor.psi_alert,
         "files": {name: skew.to_dict() for name, skew in sorted(skews.items())},
