@@ -19,6 +19,7 @@ from tests.support.project import run, stages_run
 from tests.tracking.conftest import registry_cli, train
 
 from tabml.data import file_md5, pinned_dir_md5
+from tabml.layout import MODEL_CARD_FILES
 from tabml.layout import SERVING_FILES as MODEL_FILES
 from tabml.tracking import flatten
 
@@ -131,7 +132,8 @@ def test_exactly_one_run_per_model_whatever_dvc_ran(repo_copy: Path) -> None:
         "dvc.lock",
     ):
         assert path in artifacts, path
-    # The model is stored once: as the registered pyfunc, whose artifacts are models/'s files.
+    # The model is stored once: as the registered pyfunc, whose artifacts are models/'s files
+    # (its card included, so a bundle exported from the registry serves it).
     (logged_model,) = client.search_logged_models(
         experiment_ids=[logged.info.experiment_id],
         filter_string=f"source_run_id = '{logged.info.run_id}'",
@@ -143,7 +145,7 @@ def test_exactly_one_run_per_model_whatever_dvc_ran(repo_copy: Path) -> None:
     assert "python_function" in info.flavors
     assert info.signature is not None and info.saved_input_example_info is not None
     stored = sorted(p.name for p in (local / "artifacts").iterdir())
-    assert stored == sorted(MODEL_FILES)
+    assert stored == sorted((*MODEL_FILES, *MODEL_CARD_FILES))
     assert file_md5(local / "artifacts" / "model.txt") == model_md5
     # Artifacts stay next to the store, not in a workspace DVC may delete.
     assert (repo_copy / "mlartifacts").is_dir()
