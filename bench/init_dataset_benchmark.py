@@ -16,11 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -33,18 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.pinned_files import PENGUINS, fetch_member  # noqa: E402
+from tests.support.timing import median_seconds  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "init_dataset.json"
 BASELINE = "baseline: pandas C reader, strings"
-
-
-def _median_seconds(work: Callable[[], object], rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -65,7 +54,7 @@ def main() -> None:
         inferred = infer_contract(table, "sex", drop_unlabelled=True)
         dataset = DatasetConfig.model_validate(dataset_config(request, inferred))
         phases = {
-            name: _median_seconds(work, args.rounds)
+            name: median_seconds(work, args.rounds)
             for name, work in [
                 (BASELINE, lambda: pd.read_csv(path, dtype=str, keep_default_na=False)),
                 ("read (UTF-8, sniff, field counts, pandas)", lambda: read_csv_table(path)),

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
-from collections.abc import Callable
+import sys
 from pathlib import Path
 
 from tabml.config import load_params
@@ -26,17 +24,13 @@ from tabml.layout import VALIDATION_REFERENCE
 from tabml.monitoring import ReferenceProfile
 from tabml.validation import validate_raw
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.timing import median_seconds  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "validate.json"
 BASELINE = "baseline: pandas parse + pandera contract"
-
-
-def _median_seconds(work: Callable[[], object], rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -64,7 +58,7 @@ def main() -> None:
             file_skew(frame, reference, params.monitor, str(path))
 
     phases = {
-        name: _median_seconds(work, args.rounds)
+        name: median_seconds(work, args.rounds)
         for name, work in [
             (BASELINE, baseline),
             ("raw-line check", raw_lines),
