@@ -220,6 +220,30 @@ def test_binner_bins_many_records_as_it_bins_one() -> None:
     assert rows.tolist() == one_by_one
 
 
+def test_binner_bins_edge_values_and_absent_columns_as_it_bins_one() -> None:
+    """The vectorised path (all numeric features in one comparison, all levels in one array)
+    on what it could get wrong: values exactly at, just above and beyond the edges, missing
+    numbers, unknown levels and NaN categories, and a record without some columns."""
+    binner = FeatureBinner(PROFILE)
+    template = records(COLUMNS, range(1))[0]
+    numeric = {n: h.bins for n, h in PROFILE.features.items() if isinstance(h.bins, NumericBins)}
+    stream = []
+    for name, bins in numeric.items():
+        for value in (*bins.edges, *(e + 0.5 for e in bins.edges), -1e12, math.inf, None):
+            stream.append({**template, name: value})
+    stream.append({**template, "workclass": math.nan, "native_country": "Atlantis"})
+    scores = np.linspace(0, 1, len(stream))
+    expected = [
+        [*binner.bin_record(r), binner.bin_score(s)] for r, s in zip(stream, scores, strict=True)
+    ]
+    assert binner.bin_records(stream, scores).tolist() == expected
+    absent = [{k: v for k, v in r.items() if k not in ("workclass", "age")} for r in stream]
+    expected = [
+        [*binner.bin_record(r), binner.bin_score(s)] for r, s in zip(absent, scores, strict=True)
+    ]
+    assert binner.bin_records(absent, scores).tolist() == expected
+
+
 def test_category_indices_agree_with_index_on_every_kind_of_value() -> None:
     bins = CategoryBins(("a", "b"))
     values = ["a", "b", "z", None, math.nan, np.float64("nan"), "A"]
