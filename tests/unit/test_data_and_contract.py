@@ -84,8 +84,13 @@ def test_the_c_parser_reads_what_the_python_parser_reads_or_is_not_used(
     pd.testing.assert_frame_equal(frame, read_raw(path, CONTRACT, skip_rows=0))
 
 
-def test_a_line_starting_with_a_space_is_left_to_the_python_parser(tmp_path: Path) -> None:
+def test_a_line_starting_or_ending_with_a_space_is_left_to_the_python_parser(
+    tmp_path: Path,
+) -> None:
     assert data.c_engine_separator(write(tmp_path, GOOD, " " + GOOD), CONTRACT.separator) is None
+    trailing = write(tmp_path, GOOD, GOOD.replace("<=50K\n", "<=50K \n"))
+    assert data.c_engine_separator(trailing, CONTRACT.separator) is None
+    assert read_raw(trailing, CONTRACT, skip_rows=0).loc[2, "income"] == "<=50K"
     assert data.c_engine_separator(write(tmp_path, GOOD, GOOD), CONTRACT.separator) == ","
     assert data.c_engine_separator(write(tmp_path, GOOD), ",") is None  # one character already
 
