@@ -221,9 +221,9 @@ def test_binner_bins_many_records_as_it_bins_one() -> None:
 
 
 def test_binner_bins_edge_values_and_absent_columns_as_it_bins_one() -> None:
-    """The vectorised path (all numeric features in one comparison, all levels in one array)
-    on what it could get wrong: values exactly at, just above and beyond the edges, missing
-    numbers, unknown levels and NaN categories, and a record without some columns."""
+    """The vectorised path (numpy per column) on what it could get wrong: values exactly at,
+    just above and beyond the edges, missing numbers, unknown levels and NaN categories, and
+    records without some columns (the value-by-value fallback)."""
     binner = FeatureBinner(PROFILE)
     template = records(COLUMNS, range(1))[0]
     numeric = {n: h.bins for n, h in PROFILE.features.items() if isinstance(h.bins, NumericBins)}
