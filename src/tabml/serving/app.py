@@ -144,6 +144,7 @@ def prediction_router(service: PredictionService, predict: ShortPath) -> APIRout
         "/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response
     )
     async def metrics() -> Response:
+        await run_in_threadpool(service.monitor.refresh)  # waits for the monitor process
         return Response(service.metrics.exposition(), media_type=service.metrics.content_type)
 
     return router

@@ -3,8 +3,9 @@
 With several uvicorn workers, `tabml-serve` sets PROMETHEUS_MULTIPROC_DIR so that every worker
 writes its samples there and `/metrics` aggregates all of them (prometheus-client's
 multiprocess mode); a single process exposes its own registry plus process metrics.
-The live monitoring gauges (drift, realized metrics) are computed at scrape time by
-`MonitorCollector` from the windows of every worker (`tabml.serving.worker_state`).
+The live monitoring gauges (drift, realized metrics) are computed at scrape time by the
+worker's monitor process from the windows of every worker (`tabml.serving.worker_state`) and
+exposed by `MonitorCollector`.
 
 About 340 lines, mostly the declaration of each series with its help text: the list of what
 the service exposes, read in one place (the dashboard test reads it from here).
@@ -137,13 +138,14 @@ class ServiceMetrics:
         )
         self.log_dropped = Counter(
             "tabml_prediction_log_dropped",
-            "Prediction log events dropped: the queue was full, or the disk refused them",
+            "Prediction log events dropped: the queue was full, the disk refused them, or the "
+            "monitor process had exited",
             ["reason"],
             registry=registry,
         )
         for kind in ("prediction", "feedback"):
             self.log_events.labels(kind)
-        for reason in ("queue_full", "write_error"):
+        for reason in ("queue_full", "write_error", "monitor_exited"):
             self.log_dropped.labels(reason)
         self.background_cpu = Counter(
             "tabml_background_cpu_seconds",

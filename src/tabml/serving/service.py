@@ -26,8 +26,9 @@ from tabml.environment import environment
 from tabml.layout import CONTRACT_FILE, MODEL_FILE
 from tabml.serving import logs, provenance
 from tabml.serving.explanations import ExplainOptions
-from tabml.serving.live_monitor import LiveMonitor, ServedModel
+from tabml.serving.live_monitor import LiveMonitor
 from tabml.serving.metrics import MonitorCollector, ServiceMetrics, multiprocess_dir
+from tabml.serving.monitor_state import ServedModel
 from tabml.serving.predictor import Predictor, RequestRejected, TrainedModel
 from tabml.serving.reload import Reloader
 from tabml.serving.settings import ServingSettings

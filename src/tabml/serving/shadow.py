@@ -9,12 +9,11 @@ single-record requests cost one LightGBM call, not one each), and each request's
 probabilities go to `on_scored` (the service logs them as prediction events marked
 `"shadow": true`, with the request id of the champion's answer).
 
-Why the loop and not a worker thread (bench/serve_routing_benchmark.py, and the same finding as
-`tabml.serving.live_monitor`'s): a thread doing this contends with the loop for the GIL, and
-the hand-overs cost the loop several times the challenger's own scoring; on the loop, in slices,
-the work costs what it costs. Copies of large requests (over `LOOP_JOB_ROWS` rows: rare, and
-one long call that would hold up every request on the loop) go to a daemon thread instead, as
-the live monitor does with large requests. Without a loop (`start()` with none: scripts, unit
+Why the loop and not a worker thread (bench/serve_routing_benchmark.py): a thread doing this
+contends with the loop for the GIL, and the hand-overs cost the loop several times the
+challenger's own scoring; on the loop, in slices, the work costs what it costs. Copies of large
+requests (over `LOOP_JOB_ROWS` rows: rare, and one long call that would hold up every request on
+the loop) go to a daemon thread instead. Without a loop (`start()` with none: scripts, unit
 tests) that thread drains everything.
 
 Nothing the challenger does reaches a client:
