@@ -1,5 +1,5 @@
-"""Helpers for the live monitoring tests: read /metrics, make drift (waiting for the monitor
-thread, whose windows update every 20 ms and other workers' every second: tests.support.waiting)."""
+"""Helpers for the live monitoring tests: read /metrics (a scrape counts every request answered
+before it; other workers' windows arrive within a second: tests.support.waiting), make drift."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The monitor process next to each worker (`tabml.serving.monitor_process`), on real
 `tabml-serve` processes: it runs niced, a scrape or a label is answered after everything
-answered before it, and the service keeps answering when the monitor process dies.
+answered before it, the service keeps answering when the monitor process dies, and the monitor
+process writes what it was handed when its worker is killed.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 from tests.serving.monitoring import sample
 from tests.support.waiting import wait_for
 
-from tabml.monitoring.events import read_events
+from tabml.monitoring.events import OPEN_SUFFIX, read_events
 from tabml.serving.monitor_process import NICE
 from tabml.serving.prediction_log import recover_orphans
 
@@ -53,7 +55,7 @@ def test_a_scrape_and_a_label_come_after_every_answer_before_them(
         httpx.Client(base_url=server.url) as http,
     ):
         pid = monitor_process(server.process.pid)
-        assert os.getpriority(os.PRIO_PROCESS, pid) == NICE
+        wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pid) == NICE, what="nice 19")
         version = http.get("/metadata").json()["model"]["version"]
         answered = 0
         for start in (0, 40, 80):  # no waiting between the answers and the scrape
@@ -110,3 +112,32 @@ def test_the_service_answers_on_when_its_monitor_process_dies(
     # what the killed process had written, once its open segment is closed (by the next writer)
     recover_orphans(log_dir, socket.gethostname())
     assert sum(e["type"] == "prediction" for e in read_events(log_dir)) == 10
+
+
+def exited(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def test_a_killed_workers_monitor_process_writes_what_it_was_handed(
+    workspace: Any, start_server: Any, test_set: Any, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "log"
+    with (
+        start_server(workspace, "--prediction-log-dir", str(log_dir)) as server,
+        httpx.Client(base_url=server.url) as http,
+    ):
+        monitor = monitor_process(server.process.pid)
+        for i, record in enumerate(test_set.records[:20]):
+            answer = http.post("/predict", json=record, headers={"x-request-id": f"k{i}"})
+            assert answer.status_code == 200
+        time.sleep(0.5)  # the worker hands what it answered over every 0.1 s
+        os.kill(server.process.pid, signal.SIGKILL)  # no graceful shutdown
+        server.process.wait()
+        wait_for(lambda: exited(monitor), what="the monitor process exits at the pipe's end")
+    assert not list(log_dir.glob(f"*{OPEN_SUFFIX}"))  # its segment closed, not left open
+    events = list(read_events(log_dir))
+    assert sorted(e["request_id"] for e in events) == sorted(f"k{i}" for i in range(20))

@@ -56,7 +56,7 @@ def test_held_out_traffic_raises_no_false_alarm(
             assert http.post("/predict", json=batch).status_code == 200
             offline.add(batch, test_set.probabilities[start : start + BATCH])
             expected = offline.feature_psi()
-            # The monitor thread has taken this request in once the PSIs are the offline ones.
+            # Every scrape counts the requests answered before it; waiting covers a slow start.
             records, features, score = wait_for(
                 lambda expected=expected: (state := window_psi(server.url))[1] == expected and state
             )

@@ -76,7 +76,7 @@ def test_labels_move_the_realized_metrics_to_the_offline_values(
     log_dir = tmp_path / "log"
     with start_server(workspace, "--prediction-log-dir", str(log_dir)) as server:
         version, threshold = served_version(server.url)
-        # Requests larger than a drain slice (CHUNK_RECORDS): indexed in pieces.
+        # Requests of many records: each record indexed by its position in the request.
         rows = list(predict_batches(server.url, test_set.records[:1200], 400))
         first = labels(rows[:150], truth)  # fewer than min_realized_labels
         response = httpx.post(f"{server.url}/feedback", json=first)

@@ -53,7 +53,7 @@ def test_every_answered_record_is_one_event(
     log_dir = tmp_path / "log"
     complete = [r for r in test_set.records if None not in r.values()]
     sent = {f"one-{i}": [r] for i, r in enumerate(test_set.records[:20])}
-    sent["batch"] = test_set.records[100:700]  # more than one drain slice (CHUNK_RECORDS)
+    sent["batch"] = test_set.records[100:700]  # 600 events of one request
     sent["infer"] = complete[:3]
     with (
         start_server(workspace, "--prediction-log-dir", str(log_dir)) as server,
@@ -200,7 +200,7 @@ def test_segments_rotate_by_size_and_age_while_serving(
     with start_server(workspace, *options) as server, httpx.Client(base_url=server.url) as http:
         for record in test_set.records[:40]:  # ~600 bytes an event
             assert http.post("/predict", json=record).status_code == 200
-            time.sleep(0.03)  # one event per drain (the lines of one drain are never split)
+            time.sleep(0.03)  # traffic spread over time, as the age rotation needs
         # Closed by size while serving, each below the limit.
         sized = wait_for(lambda: closed_segments(log_dir))
         assert [p.stat().st_size <= 4096 for p in sized] == [True] * len(sized)
@@ -233,6 +233,22 @@ def test_writer_closes_segments_atomically_and_by_age(tmp_path: Path) -> None:
     assert segment.read_bytes() == lines(3)
     writer.close()  # nothing open: nothing to do
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_write_larger_than_a_segment_is_cut_at_line_ends(tmp_path: Path) -> None:
+    """The monitor process writes everything it gathered at once: the segments still keep
+    to `max_bytes`, every line whole and in order; only a line longer than that exceeds it,
+    alone in its segment."""
+    line = len(lines(1))
+    writer = SegmentWriter(tmp_path, max_bytes=3 * line + 10, max_seconds=3600)
+    assert writer.write(lines(2))
+    assert writer.write(lines(8))  # one line fits the first segment's rest
+    long = json.dumps({"pad": "y" * 400}).encode() + b"\n"
+    assert writer.write(long + lines(1))
+    writer.close()
+    segments = [p.read_bytes() for p in closed_segments(tmp_path)]
+    assert b"".join(segments) == lines(2) + lines(8) + long + lines(1)
+    assert [len(s) for s in segments] == [3 * line, 3 * line, 3 * line, line, len(long), line]
 
 
 def test_writer_recovers_segments_of_a_killed_process(tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ class LiveMonitor:
             segment_bytes=settings.prediction_log_segment_bytes,
             segment_seconds=settings.prediction_log_segment_seconds,
             index_size=settings.feedback_index_size,
+            queue_records=settings.prediction_log_queue,
             shared_dir=shared_dir,
             log_level=settings.log_level,
         )

@@ -17,6 +17,7 @@ on) and stops at the end of its input: the worker closed it at shutdown, or died
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import logging.config
 import os
@@ -39,8 +40,13 @@ log = logging.getLogger("tabml.serving.monitor")
 #: rounds, docs/monitoring.md). It keeps up while the worker leaves it any CPU time; if it
 #: cannot, the worker's queue fills and events are dropped (counted), never a request delayed.
 NICE = 19
-#: Seconds the process waits for input before writing, rotating and publishing anyway.
-TICK = 0.1
+#: Seconds the process gathers what the worker sends before handling it all at once, unless a
+#: call (a label, a scrape) comes first: that is handled at once, after what came before it.
+#: Each handling is a burst of work next to the worker's. Gathering 0.5 s gave p99 1.07x,
+#: 1.20x and 1.09x monitoring off in three A/B runs (12-16 paired rounds, single records at
+#: c=8), handling each 0.1 s message as it came 1.30x and 1.16x: within the noise, so the
+#: choice rests on fewer wake-ups and a log at most half a second behind.
+GATHER_SECONDS = 0.5
 
 SCORED, SERVE, FEEDBACK, SNAPSHOT = "scored", "serve", "feedback", "snapshot"
 CPU = ("background_cpu", "monitor")
@@ -114,6 +120,37 @@ def handle(
     return replies
 
 
+def gather(inbox: Connection, most_records: int) -> tuple[list[tuple[Any, ...]], bool]:
+    """What the worker sends within GATHER_SECONDS (less if a call or `most_records` records
+    arrive first), runs of answered requests merged; and whether the input is still open."""
+    messages: list[tuple[Any, ...]] = []
+    records = 0
+    deadline = time.monotonic() + GATHER_SECONDS
+    while records < most_records and inbox.poll(max(0.0, deadline - time.monotonic())):
+        try:
+            batch = pickle.loads(inbox.recv_bytes())
+        except EOFError:
+            return _merged(messages), False
+        messages.extend(batch)
+        if any(kind in (FEEDBACK, SNAPSHOT) for kind, *_ in batch):
+            break
+        records += sum(len(rows) for kind, rows, *_ in batch if kind == SCORED)
+    return _merged(messages), True
+
+
+def _merged(messages: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Consecutive answered-request messages as one (one window update, one write)."""
+    merged: list[tuple[Any, ...]] = []
+    for scored, run in itertools.groupby(messages, key=lambda message: message[0] == SCORED):
+        if scored:
+            parts = list(run)
+            rows = [row for _, part_rows, _ in parts for row in part_rows]
+            merged.append((SCORED, rows, np.concatenate([p for _, _, p in parts])))
+        else:
+            merged.extend(run)
+    return merged
+
+
 def run(inbox: Connection, outbox: Connection) -> None:
     config, models = pickle.loads(inbox.recv_bytes())
     logging.config.dictConfig(logging_config(config.log_level))
@@ -124,12 +161,8 @@ def run(inbox: Connection, outbox: Connection) -> None:
     cpu = time.process_time()
     open_input = True
     while open_input:
-        replies: list[tuple[int, bool, Any]] = []
-        if inbox.poll(TICK):
-            try:
-                replies = handle(state, pickle.loads(inbox.recv_bytes()), failures)
-            except EOFError:
-                open_input = False
+        messages, open_input = gather(inbox, config.queue_records)
+        replies = handle(state, messages, failures)
         try:
             state.flush()
             state.publish_if_due()

@@ -56,6 +56,7 @@ class MonitorConfig:
     segment_bytes: int
     segment_seconds: float
     index_size: int
+    queue_records: int  # the most records the monitor process gathers before handling them
     shared_dir: Path | None  # the workers' shared directory (multi-worker only)
     log_level: str
 

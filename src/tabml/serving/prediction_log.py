@@ -1,7 +1,7 @@
 """The prediction log on disk: events as JSON lines in rotating segment files.
 
 Format and names are `tabml.monitoring.events`' (what the batch report reads). One writer per
-process (the live monitor's thread) appends to `<name>.jsonl.open` and renames it to
+process (each worker's monitor process) appends to `<name>.jsonl.open` and renames it to
 `<name>.jsonl` when the segment is `max_bytes` large, `max_seconds` old, or the service stops, so
 a reader only ever takes whole segments.
 
@@ -175,7 +175,33 @@ class SegmentWriter:
                 log.warning("closed prediction log segment %s left open by a killed process", path)
 
     def write(self, data: bytes) -> bool:
-        """Append whole lines; False (and nothing half-written) if the disk refused them."""
+        """Append whole lines, in as many segments as `max_bytes` needs (a line longer than
+        that gets a segment of its own); False if the disk refused any of them. The pieces
+        written before a refusal stay: their events are then counted as dropped although they
+        are kept, a miscount towards drops that never hides a lost event."""
+        written = True
+        for piece in self._pieces(data):
+            written = self._write_piece(piece) and written
+        return written
+
+    def _pieces(self, data: bytes) -> list[bytes]:
+        """`data` cut at line ends so that each piece fits the room left in its segment."""
+        pieces, start = [], 0
+        room = self.max_bytes - self._size if self._file is not None else self.max_bytes
+        while len(data) - start > room:
+            cut = data.rfind(b"\n", start, start + room) + 1  # after the last line that fits
+            if cut <= start:
+                if room < self.max_bytes:  # none fits the segment's rest: the next one, then
+                    room = self.max_bytes
+                    continue
+                cut = data.find(b"\n", start + room) + 1 or len(data)  # a line this long: alone
+            pieces.append(data[start:cut])
+            start, room = cut, self.max_bytes
+        if start < len(data):
+            pieces.append(data[start:])
+        return pieces
+
+    def _write_piece(self, data: bytes) -> bool:
         try:
             if self._file is not None and self._size and self._size + len(data) > self.max_bytes:
                 self._close()
