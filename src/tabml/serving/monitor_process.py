@@ -35,10 +35,11 @@ from tabml.serving.monitor_state import LabelsRefused, MonitorState, Scored
 
 log = logging.getLogger("tabml.serving.monitor")
 
-#: Scheduling priority of the monitor process. At nice 0, it competed with the worker for the
-#: cores at full load: p99 1.19x monitoring off; at 19, 1.15x and requests/s 1.05x (12 paired
-#: rounds, docs/monitoring.md). It keeps up while the worker leaves it any CPU time; if it
-#: cannot, the worker's queue fills and events are dropped (counted), never a request delayed.
+#: Scheduling priority of the monitor process. In the prototype at nice 0 it competed with the
+#: worker for the cores at full load: p99 1.19x monitoring off; at 19, 1.15x and requests/s
+#: 1.05x (12 paired rounds); SCHED_IDLE measured no better (docs/monitoring.md). It keeps up
+#: while the worker leaves it any CPU time; if it cannot, the worker's queue fills and events
+#: are dropped (counted), never a request delayed.
 NICE = 19
 #: Seconds the process gathers what the worker sends before handling it all at once, unless a
 #: call (a label, a scrape) comes first: that is handled at once, after what came before it.
