@@ -6,10 +6,12 @@ process writes what it was handed when its worker is killed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +27,39 @@ from tabml.serving.prediction_log import recover_orphans
 pytestmark = pytest.mark.slow
 
 
+def stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def children(pid: int) -> list[int]:
-    """The live child processes of `pid` (Linux /proc)."""
+    """The live child processes of `pid`."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
+        fields = stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
     return found
+
+
+def exited(pid: int) -> bool:
+    fields = stat(pid)
+    return fields is None or fields[0] == "Z"
+
+
+@contextlib.contextmanager
+def logging_server(
+    start_server: Any, workspace: Any, log_dir: Path
+) -> Iterator[tuple[Any, httpx.Client]]:
+    """A server logging every prediction to `log_dir`, and a client for it."""
+    with (
+        start_server(workspace, "--prediction-log-dir", str(log_dir)) as server,
+        httpx.Client(base_url=server.url) as http,
+    ):
+        yield server, http
 
 
 def monitor_process(server_pid: int) -> int:
@@ -50,10 +72,7 @@ def test_a_scrape_and_a_label_come_after_every_answer_before_them(
     workspace: Any, start_server: Any, test_set: Any, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "log"
-    with (
-        start_server(workspace, "--prediction-log-dir", str(log_dir)) as server,
-        httpx.Client(base_url=server.url) as http,
-    ):
+    with logging_server(start_server, workspace, log_dir) as (server, http):
         pid = monitor_process(server.process.pid)
         wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pid) == NICE, what="nice 19")
         version = http.get("/metadata").json()["model"]["version"]
@@ -82,10 +101,7 @@ def test_the_service_answers_on_when_its_monitor_process_dies(
     workspace: Any, start_server: Any, test_set: Any, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "log"
-    with (
-        start_server(workspace, "--prediction-log-dir", str(log_dir)) as server,
-        httpx.Client(base_url=server.url) as http,
-    ):
+    with logging_server(start_server, workspace, log_dir) as (server, http):
         for record in test_set.records[:10]:
             assert http.post("/predict", json=record).status_code == 200
         assert sample(server.url, "tabml_prediction_log_events_total", type="prediction") == 10
@@ -114,22 +130,11 @@ def test_the_service_answers_on_when_its_monitor_process_dies(
     assert sum(e["type"] == "prediction" for e in read_events(log_dir)) == 10
 
 
-def exited(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
-
-
 def test_a_killed_workers_monitor_process_writes_what_it_was_handed(
     workspace: Any, start_server: Any, test_set: Any, tmp_path: Path
 ) -> None:
     log_dir = tmp_path / "log"
-    with (
-        start_server(workspace, "--prediction-log-dir", str(log_dir)) as server,
-        httpx.Client(base_url=server.url) as http,
-    ):
+    with logging_server(start_server, workspace, log_dir) as (server, http):
         monitor = monitor_process(server.process.pid)
         for i, record in enumerate(test_set.records[:20]):
             answer = http.post("/predict", json=record, headers={"x-request-id": f"k{i}"})
