@@ -130,6 +130,9 @@ class LiveMonitor:
             [sys.executable, "-m", wire.__name__, str(inbox_read), str(outbox_write)],
             pass_fds=(inbox_read, outbox_write),
             stdin=subprocess.DEVNULL,
+            # its own session: a signal to the worker's process group (Ctrl-C, a supervisor's
+            # killpg) would kill it while it is still importing, before it ignores signals
+            start_new_session=True,
         )
         os.close(inbox_read)
         os.close(outbox_write)
